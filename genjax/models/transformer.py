@@ -1,0 +1,403 @@
+"""Decoder-only transformer (GPT): pre-norm blocks, causal attention, weight tying, KV-cache generation.
+
+    params = init(key, cfg)                               # plain dict of float32 arrays
+    loss, metrics = loss(params, {'tokens': int32 (B, T + 1)}, key, cfg)
+    tokens, lengths = generate(params, key, prompts, prompt_lengths, max_new_tokens, cfg, ...)
+
+The layers are one `nn.scan` over a stacked block (params carry a leading `n_layer` axis): one block is
+compiled, not `n_layer` copies. Generation is one compiled call: the prompt is prefilled once into a
+cache preallocated at `block_size`, then a `lax.while_loop` decodes one token per step; the number of
+new tokens and every sampling option are traced values, so changing them does not recompile (the output
+buffer is bucketed to a power of two). Prompts of different lengths share one batch: each row is
+left-aligned inside the window so the whole batch writes the cache at one index. A generation longer than
+the window slides it: when the cache is full the window drops its oldest half and is prefilled again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from genjax.config import ConfigError
+from genjax.nn.attention import Block, Norm, normal, residual_std
+
+FAMILY = "transformer"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    vocab_size: int = 0  # 0: taken from the tokenizer by the experiment
+    block_size: int = 64  # context length; the KV cache holds this many positions
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    d_ff: int = 0  # 0: 4 * d_model (gelu) or the parameter-matched 8/3 * d_model rounded to 32 (swiglu)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    pos: Literal["learned", "rope"] = "learned"
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    tie_embeddings: bool = True
+    bias: bool = False
+    dropout: float = 0.0
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
+    attention: Literal["auto", "xla", "cudnn"] = "auto"  # auto: cuDNN on GPU in bfloat16, else XLA
+    rope_base: float = 10000.0
+    remat: bool = False  # recompute each block's activations in the backward pass
+
+    def validate(self):
+        if self.vocab_size < 0:
+            raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 1 (or 0: from the tokenizer)")
+        for name in ("block_size", "n_layer", "n_head", "d_model"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.d_model % self.n_head:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "
+                f"pick n_head among the divisors of d_model"
+            )
+        if self.pos == "rope" and (self.d_model // self.n_head) % 2:
+            raise ConfigError(
+                f"model.pos='rope' needs an even head size, got d_model/n_head={self.d_model // self.n_head}"
+            )
+        if self.d_ff < 0:
+            raise ConfigError(f"model.d_ff={self.d_ff} must be >= 0 (0: the default width)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+
+    @property
+    def ff_width(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            return 32 * math.ceil(8 * self.d_model / 3 / 32)
+        return 4 * self.d_model
+
+    @property
+    def compute_dtype(self):
+        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+
+
+SIZES: dict[str, dict[str, Any]] = {
+    # nanoGPT's CPU example (shakespeare_char at 4 layers, 128 dims, context 64): ~0.8M params at vocab 65.
+    "nanogpt-cpu": dict(n_layer=4, n_head=4, d_model=128, block_size=64),
+    # nanoGPT's shakespeare_char: ~10.7M params at vocab 65.
+    "shakespeare": dict(n_layer=6, n_head=6, d_model=384, block_size=256, dropout=0.2),
+    # GPT-2 small (124M).
+    "gpt2": dict(n_layer=12, n_head=12, d_model=768, block_size=1024, vocab_size=50257),
+}
+
+
+def config_for(size: str, **overrides) -> Config:
+    """A named size ('nanogpt-cpu', 'shakespeare', 'gpt2') with field overrides."""
+    if size not in SIZES:
+        raise ConfigError(f"unknown transformer size {size!r}; known sizes: {sorted(SIZES)}")
+    cfg = Config(**{**SIZES[size], **overrides})
+    cfg.validate()
+    return cfg
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class _Layer(nn.Module):
+    """One block as a scan body: carry = residual stream, scanned input/output = this layer's cache."""
+
+    cfg: Config
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, cache, positions, cache_index, start):
+        c = self.cfg
+        return Block(
+            n_head=c.n_head, d_ff=c.ff_width, norm=c.norm, mlp=c.mlp, use_bias=c.bias, dropout=c.dropout,
+            use_rope=c.pos == "rope", rope_base=c.rope_base, out_std=residual_std(c.n_layer),
+            implementation=c.attention, dtype=c.compute_dtype, name="block",
+        )(x, positions, cache, cache_index, start, self.deterministic)
+
+
+class GPT(nn.Module):
+    cfg: Config
+    deterministic: bool = True
+
+    def setup(self):
+        c = self.cfg
+        self.wte = self.param("wte", normal(0.02), (c.vocab_size, c.d_model), jnp.float32)
+        if c.pos == "learned":
+            self.wpe = self.param("wpe", normal(0.02), (c.block_size, c.d_model), jnp.float32)
+        layer = nn.remat(_Layer, prevent_cse=False) if c.remat else _Layer
+        self.blocks = nn.scan(
+            layer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=c.n_layer,
+        )(c, self.deterministic)
+        self.drop = nn.Dropout(c.dropout)
+        self.ln_f = Norm(c.norm, c.bias, c.compute_dtype)
+        if not c.tie_embeddings:
+            self.lm_head = self.param("lm_head", normal(0.02), (c.d_model, c.vocab_size), jnp.float32)
+
+    def __call__(self, tokens, positions, cache=None, cache_index=None, start=None):
+        """tokens, positions: (B, T) int -> final hidden states (B, T, D) and the updated cache."""
+        c = self.cfg
+        x = jnp.take(self.wte, tokens, axis=0)
+        if c.pos == "learned":
+            x = x + jnp.take(self.wpe, positions, axis=0)
+        x = self.drop(x.astype(c.compute_dtype), deterministic=self.deterministic)
+        x, new_cache = self.blocks(x, cache, positions, cache_index, start)
+        return self.ln_f(x), new_cache
+
+    def logits(self, h):
+        """Hidden states (..., D) -> float32 logits (..., V)."""
+        dt = self.cfg.compute_dtype
+        w = self.wte.T if self.cfg.tie_embeddings else self.lm_head
+        return jnp.dot(h.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
+
+
+def _check_vocab(cfg: Config):
+    if cfg.vocab_size < 1:
+        raise ConfigError("model.vocab_size=0: set it from the tokenizer (tokenizer.vocab_size) before init")
+
+
+def init(key: jax.Array, cfg: Config):
+    """Float32 parameters as a plain nested dict (blocks stacked along a leading n_layer axis)."""
+    cfg.validate()
+    _check_vocab(cfg)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    variables = jax.jit(GPT(cfg).init)({"params": key}, tokens, tokens)
+    return nn.meta.unbox(variables["params"])
+
+
+def num_params(params, *, exclude_positions: bool = False) -> int:
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    if exclude_positions and "wpe" in params:
+        n -= int(np.prod(params["wpe"].shape))
+    return n
+
+
+def flops_per_token(cfg: Config, seq_len: int | None = None, n_params: int | None = None) -> float:
+    """Training FLOPs per token (forward + backward): 6 * non-embedding matmul params + attention,
+    plus the LM head (PaLM appendix B / nanoGPT's estimate_mfu, counting the head explicitly)."""
+    t = cfg.block_size if seq_len is None else seq_len
+    d, L = cfg.d_model, cfg.n_layer
+    mlp_mats = 3 if cfg.mlp == "swiglu" else 2
+    matmul = L * (4 * d * d + mlp_mats * d * cfg.ff_width) + d * cfg.vocab_size
+    attention = L * 2 * t * d  # q.k and p.v: 2 * t * d multiply-adds per token and layer (no causal halving)
+    return 6.0 * matmul + 6.0 * attention
+
+
+def forward(params, tokens, cfg: Config, key: jax.Array | None = None):
+    """Full-sequence logits (B, T, V) float32. With a key (and cfg.dropout > 0) dropout is on."""
+    deterministic = key is None or cfg.dropout == 0.0
+    b, t = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    model = GPT(cfg, deterministic)
+    rngs = None if deterministic else {"dropout": key}
+    h, _ = model.apply({"params": params}, tokens, positions, rngs=rngs)
+    return model.apply({"params": params}, h, method=GPT.logits)
+
+
+def loss(params, batch, key, cfg: Config):
+    """Mean next-token cross entropy over {'tokens': int32 (B, T + 1)} (optional 'mask' (B, T) weights)."""
+    tokens = batch["tokens"]
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    logits = forward(params, inputs, cfg, key)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    weights = batch.get("mask")
+    if weights is None:
+        mean_nll, accuracy = jnp.mean(nll), jnp.mean(correct)
+    else:
+        weights = weights.astype(jnp.float32)
+        total = jnp.maximum(jnp.sum(weights), 1.0)
+        mean_nll, accuracy = jnp.sum(nll * weights) / total, jnp.sum(correct * weights) / total
+    metrics = {
+        "nll": mean_nll,
+        "perplexity": jnp.exp(mean_nll),
+        "accuracy": accuracy,
+        "bits_per_token": mean_nll / math.log(2.0),
+    }
+    return mean_nll, metrics
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+def init_cache(cfg: Config, batch: int):
+    """Zeroed keys and values for every layer: (n_layer, B, block_size, n_head, head_dim) each."""
+    shape = (cfg.n_layer, batch, cfg.block_size, cfg.n_head, cfg.d_model // cfg.n_head)
+    return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+
+
+def _window_apply(params, cfg, tokens, cache, cache_index, start):
+    """Runs `tokens` (B, t) at window positions cache_index.. through the model, reading and writing the
+    cache. Row b's sequence begins at window position start[b]; its position ids count from there."""
+    b, t = tokens.shape
+    positions = jnp.maximum(cache_index + jnp.arange(t, dtype=jnp.int32)[None, :] - start[:, None], 0)
+    return GPT(cfg).apply({"params": params}, tokens, positions, cache, cache_index, start)
+
+
+def _head(params, cfg, h):
+    return GPT(cfg).apply({"params": params}, h, method=GPT.logits)
+
+
+def prefill(params, tokens, start, cfg: Config, cache=None):
+    """Fills the cache from window position 0 with `tokens` (B, W <= block_size), left-padded so that
+    row b begins at start[b]. Returns (hidden states (B, W, D), cache)."""
+    cache = init_cache(cfg, tokens.shape[0]) if cache is None else cache
+    return _window_apply(params, cfg, tokens, cache, jnp.zeros((), jnp.int32), start)
+
+
+def decode_step(params, cache, tokens, cache_index, start, cfg: Config):
+    """One new token per row (B,) at window position cache_index -> (logits (B, V), cache)."""
+    h, cache = _window_apply(params, cfg, tokens[:, None], cache, cache_index, start)
+    return _head(params, cfg, h[:, 0]), cache
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_logits(key, logits, temperature=1.0, top_k=0, top_p=1.0, greedy=False):
+    """Next tokens (B,) from float32 logits (B, V). All options may be traced: top_k <= 0 and
+    top_p >= 1 switch those filters off; greedy or temperature <= 0 takes the argmax."""
+    best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    vocab = logits.shape[-1]
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    ranked = -jnp.sort(-scaled, axis=-1)  # descending
+    rank = jnp.arange(vocab)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    in_k = rank < k
+    probs = jax.nn.softmax(jnp.where(in_k, ranked, -jnp.inf), axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = in_k & ((mass_before < top_p) | (top_p >= 1.0) | (rank == 0))
+    count = jnp.sum(keep, axis=-1, keepdims=True)
+    threshold = jnp.take_along_axis(ranked, count - 1, axis=-1)
+    filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    drawn = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+    return jnp.where(greedy | (temperature <= 0), best, drawn)
+
+
+def _bucket(n: int, minimum: int = 16) -> int:
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "out_len"))
+def _generate(params, key, prompt, lengths, max_new, temperature, top_k, top_p, greedy, stop_token, *,
+              cfg: Config, out_len: int):
+    bsz, p = prompt.shape
+    w = cfg.block_size
+    slide = max(w // 2, 1)
+
+    # Left-align every row (its last prompt token at column p - 1), then keep the last w columns.
+    shift = p - lengths
+    cols = (jnp.arange(p)[None, :] - shift[:, None]) % p
+    aligned = jnp.take_along_axis(prompt, cols, axis=1)
+    if p > w:
+        aligned = aligned[:, p - w:]
+        shift = shift - (p - w)
+    window = jnp.zeros((bsz, w), jnp.int32).at[:, : min(p, w)].set(aligned)
+    start = jnp.maximum(shift, 0).astype(jnp.int32)
+    cur = jnp.asarray(min(p, w), jnp.int32)  # filled window positions
+
+    h, cache = prefill(params, window, start, cfg)
+    logits = _head(params, cfg, h[:, cur - 1])
+
+    def refill(window, start, cache, cur, tok):
+        # Window full: drop its oldest `slide` positions, append tok and prefill the rest again.
+        window = jnp.roll(window, -slide, axis=1)
+        start = jnp.maximum(start - slide, 0)
+        cur = jnp.asarray(w - slide, jnp.int32)
+        window = jax.lax.dynamic_update_slice(window, tok[:, None], (0, cur))
+        h, cache = prefill(params, window, start, cfg, cache)
+        return window, start, cache, cur + 1, _head(params, cfg, jax.lax.dynamic_index_in_dim(h, cur, 1, False))
+
+    def extend(window, start, cache, cur, tok):
+        window = jax.lax.dynamic_update_slice(window, tok[:, None], (0, cur))
+        logits, cache = decode_step(params, cache, tok, cur, start, cfg)
+        return window, start, cache, cur + 1, logits
+
+    def body(state):
+        i, cur, window, start, cache, logits, done, out, count = state
+        tok = sample_logits(jax.random.fold_in(key, i), logits, temperature, top_k, top_p, greedy)
+        tok = jnp.where(done, 0, tok)
+        out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))
+        count = count + (~done).astype(jnp.int32)
+        done = done | (tok == stop_token)
+        window, start, cache, cur, logits = jax.lax.cond(
+            cur >= w, refill, extend, window, start, cache, cur, tok)
+        return i + 1, cur, window, start, cache, logits, done, out, count
+
+    def cond(state):
+        i, done = state[0], state[6]
+        return (i < max_new) & ~jnp.all(done)
+
+    state = (jnp.zeros((), jnp.int32), cur, window, start, cache, logits, jnp.zeros((bsz,), bool),
+             jnp.zeros((bsz, out_len), jnp.int32), jnp.zeros((bsz,), jnp.int32))
+    state = jax.lax.while_loop(cond, body, state)
+    return state[7], state[8]
+
+
+def generate(params, key, prompt_tokens, prompt_lengths=None, max_new_tokens: int = 64,
+             cfg: Config | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             greedy: bool = False, stop_token: int = -1):
+    """Continues each prompt row by up to `max_new_tokens` tokens in one compiled call.
+
+    prompt_tokens: int32 (B, P), row b's prompt in its first prompt_lengths[b] (>= 1) columns (default:
+    all P). Returns (tokens int32 (B, max_new_tokens), counts int32 (B,)): row b's new tokens are
+    tokens[b, :counts[b]], ending with `stop_token` if it was drawn; the rest is 0. Recompiles only
+    when the prompt width or max_new_tokens crosses a power of two.
+    """
+    if cfg is None:
+        raise TypeError("generate needs cfg")
+    prompt_tokens = np.asarray(prompt_tokens, np.int32)
+    if prompt_tokens.ndim != 2 or prompt_tokens.shape[1] < 1:
+        raise ValueError(f"prompt_tokens must be int (B, P) with P >= 1, got shape {prompt_tokens.shape}")
+    bsz, p = prompt_tokens.shape
+    lengths = np.full((bsz,), p, np.int32) if prompt_lengths is None else np.asarray(prompt_lengths, np.int32)
+    if lengths.shape != (bsz,) or lengths.min() < 1 or lengths.max() > p:
+        raise ValueError(f"prompt_lengths must be (B,) in [1, {p}], got {lengths}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    width = _bucket(p, 8)
+    padded = np.zeros((bsz, width), np.int32)
+    padded[:, :p] = prompt_tokens
+    out, counts = _generate(
+        params, key, jnp.asarray(padded), jnp.asarray(lengths), jnp.int32(max_new_tokens),
+        jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), jnp.bool_(greedy),
+        jnp.int32(stop_token), cfg=cfg, out_len=_bucket(max_new_tokens))
+    return out[:, :max_new_tokens], counts
+
+
+def sample(params, key, num: int, cfg: Config, *, length: int = 256, prompt_tokens=None, **options):
+    """Contract sampler for the text family: int32 (num, length) tokens continuing `prompt_tokens`
+    (default: token 0, the first symbol of the vocabulary / BPE's end-of-text)."""
+    if prompt_tokens is None:
+        prompt_tokens = np.zeros((num, 1), np.int32)
+    tokens, _ = generate(params, key, prompt_tokens, None, length, cfg, **options)
+    return tokens
+
+
+def sample_cli(workdir: str, params, cfg: Config, prompt: str = "", length: int = 256,
+               temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
+    """Text for `python -m genjax.sample WORKDIR`: the prompt and its continuation, decoded with the
+    tokenizer saved in the workdir. Stops early at the tokenizer's end-of-text token, if it has one."""
+    from genjax.data import text as text_data
+
+    tok = text_data.load_tokenizer(workdir)
+    ids = tok.encode(prompt) if prompt else np.asarray([tok.bos_id], np.int32)
+    if ids.size == 0:
+        ids = np.asarray([tok.bos_id], np.int32)
+    stop = tok.eos_id if tok.eos_id is not None else -1
+    new, counts = generate(params, jax.random.key(seed), ids[None, :], None, length, cfg,
+                           temperature=temperature, top_k=top_k, top_p=top_p, stop_token=stop)
+    new = np.asarray(new[0, : int(counts[0])])
+    if stop >= 0 and new.size and new[-1] == stop:
+        new = new[:-1]
+    return prompt + tok.decode(new)

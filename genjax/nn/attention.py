@@ -1,0 +1,182 @@
+"""Transformer building blocks (Flax linen): dense layers, norms, rotary embeddings, causal
+self-attention with an explicit KV cache, MLPs and the pre-norm block.
+
+Parameters are float32; `dtype` is the compute dtype (bfloat16 casts weights and activations at each
+matmul, accumulating in float32). Norms and softmax always run in float32.
+
+Attention runs through `jax.nn.dot_product_attention`. Training uses `is_causal=True` with no mask, the
+shape cuDNN's flash attention takes (`implementation='cudnn'` on GPU in bfloat16). With a cache the
+block writes this call's keys and values at `cache_index` (one index shared by the batch) and attends
+over the whole preallocated cache under a mask: key j is visible to a query at window position q when
+`start[b] <= j <= q`, so rows whose prompts were left-padded never see their padding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def normal(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+class Dense(nn.Module):
+    """y = x @ W (+ b): float32 params, matmul in `dtype` with float32 accumulation."""
+
+    features: int
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", normal(self.std), (x.shape[-1], self.features), jnp.float32)
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Norm(nn.Module):
+    """LayerNorm or RMSNorm, computed in float32, output in `dtype`."""
+
+    kind: Literal["layernorm", "rmsnorm"] = "layernorm"
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        if self.kind == "layernorm":
+            x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(var + self.eps) * scale
+        if self.use_bias and self.kind == "layernorm":
+            y = y + self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+        return y.astype(self.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
+    """Rotary position embedding (half-split layout). x: (B, T, H, Dh), positions: (B, T) int."""
+    half = x.shape[-1] // 2
+    freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle = positions.astype(jnp.float32)[..., None] * freq  # (B, T, half)
+    cos, sin = jnp.cos(angle)[:, :, None, :], jnp.sin(angle)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return out.astype(x.dtype)
+
+
+def cache_mask(start: jax.Array, cache_index: jax.Array, t: int, s: int) -> jax.Array:
+    """(B, 1, t, s) bool: query i (window position cache_index + i) sees keys start[b] <= j <= it."""
+    q = cache_index + jnp.arange(t)[:, None]  # (t, 1)
+    j = jnp.arange(s)[None, :]  # (1, s)
+    visible = (j <= q)[None] & (j >= start[:, None, None])  # (B, t, s)
+    return (visible | (j == q)[None])[:, None]  # a padding query sees itself: no empty softmax
+
+
+def attention_impl(impl: str, dtype: Dtype) -> str:
+    """'auto' -> cuDNN flash attention on GPU in 16-bit, XLA elsewhere."""
+    if impl != "auto":
+        return impl
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
+
+
+class CausalSelfAttention(nn.Module):
+    n_head: int
+    use_bias: bool = False
+    dropout: float = 0.0
+    use_rope: bool = False
+    rope_base: float = 10000.0
+    out_std: float = 0.02
+    implementation: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, cache=None, cache_index=None, start=None, deterministic=True):
+        b, t, d = x.shape
+        h, dh = self.n_head, d // self.n_head
+        qkv = Dense(3 * d, self.use_bias, self.dtype, name="qkv")(x).reshape(b, t, 3, h, dh)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.use_rope:
+            q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
+        if cache is None:
+            impl = attention_impl(self.implementation, self.dtype)
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+            new_cache = None
+        else:
+            zero = jnp.zeros((), jnp.int32)
+            ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (zero, cache_index, zero, zero))
+            cv = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (zero, cache_index, zero, zero))
+            mask = cache_mask(start, cache_index, t, ck.shape[1])
+            y = jax.nn.dot_product_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask=mask,
+                                             implementation="xla")
+            new_cache = {"k": ck, "v": cv}
+        y = y.reshape(b, t, d)
+        y = Dense(d, self.use_bias, self.dtype, std=self.out_std, name="proj")(y)
+        y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
+        return y, new_cache
+
+
+class MLP(nn.Module):
+    d_ff: int
+    kind: Literal["gelu", "swiglu"] = "gelu"
+    use_bias: bool = False
+    dropout: float = 0.0
+    out_std: float = 0.02
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic=True):
+        d = x.shape[-1]
+        if self.kind == "gelu":
+            hdn = nn.gelu(Dense(self.d_ff, self.use_bias, self.dtype, name="fc")(x), approximate=True)
+        else:
+            gate_up = Dense(2 * self.d_ff, self.use_bias, self.dtype, name="fc")(x)
+            gate, up = jnp.split(gate_up, 2, axis=-1)
+            hdn = nn.silu(gate) * up
+        y = Dense(d, self.use_bias, self.dtype, std=self.out_std, name="proj")(hdn)
+        return nn.Dropout(self.dropout)(y, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    n_head: int
+    d_ff: int
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    use_bias: bool = False
+    dropout: float = 0.0
+    use_rope: bool = False
+    rope_base: float = 10000.0
+    out_std: float = 0.02
+    implementation: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, cache=None, cache_index=None, start=None, deterministic=True):
+        a, new_cache = CausalSelfAttention(
+            self.n_head, self.use_bias, self.dropout, self.use_rope, self.rope_base, self.out_std,
+            self.implementation, self.dtype, name="attn",
+        )(Norm(self.norm, self.use_bias, self.dtype, name="ln1")(x), positions, cache, cache_index, start,
+          deterministic)
+        x = x + a
+        m = MLP(self.d_ff, self.mlp, self.use_bias, self.dropout, self.out_std, self.dtype, name="mlp")(
+            Norm(self.norm, self.use_bias, self.dtype, name="ln2")(x), deterministic)
+        return x + m, new_cache
+
+
+def residual_std(n_layer: int, std: float = 0.02) -> float:
+    """GPT-2 / nanoGPT init of the projections that write into the residual stream."""
+    return std / math.sqrt(2 * n_layer)

@@ -1,0 +1,176 @@
+"""Train state and step builders: a loss becomes a pure, jit-able `step(state, batch) -> (state, metrics)`.
+
+Every family trains through these pieces. A plain family gives a loss
+`loss(params, batch, key) -> (loss, metrics)` and gets its step from `make_step`; a two-player family
+(the GAN) writes its own step over the same `TrainState`, whose `params` and `opt_state` then hold
+one entry per player.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Literal
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimization and loop settings shared by every experiment."""
+
+    steps: int = 1000
+    batch_size: int = 128  # global batch, over all devices and hosts
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    grad_clip: float = 0.0  # global-norm clip; 0 turns it off
+    grad_accum: int = 1  # microbatches per step, accumulated inside the compiled step
+    ema_decay: float = 0.0  # 0 turns EMA off
+    seed: int = 0
+    fsdp: int = 1  # devices per model shard (the mesh's `fsdp` axis); the rest form `data`
+    log_every: int = 50
+    eval_every: int = 500
+    sample_every: int = 500
+    ckpt_every: int = 500
+    ckpt_every_secs: float = 600.0  # also checkpoint when this much wall time has passed
+    keep_checkpoints: int = 3
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+
+    def validate(self):
+        from genjax.config import ConfigError
+
+        for name in ("steps", "batch_size", "grad_accum", "fsdp", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is not divisible by train.grad_accum="
+                f"{self.grad_accum}; pick a batch size that is a multiple of it"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay={self.ema_decay} must be in [0, 1)")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0")
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a run needs to continue bit-exactly: one pytree, checkpointed whole."""
+
+    step: jax.Array  # int32 scalar: number of updates applied
+    params: Any
+    opt_state: Any
+    key: jax.Array  # typed PRNG key; per-step keys are fold_in(key, step)
+    ema_params: Any = None
+
+
+def make_optimizer(cfg: TrainConfig, lr: float | None = None) -> optax.GradientTransformation:
+    """AdamW (Adam when weight_decay is 0) with optional warmup + cosine decay and global-norm clipping."""
+    peak = cfg.lr if lr is None else lr
+    if cfg.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, peak, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1), end_value=peak * 0.1
+        )
+    elif cfg.warmup_steps:
+        schedule = optax.linear_schedule(0.0, peak, cfg.warmup_steps)
+    else:
+        schedule = peak
+    adam = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adam) if cfg.grad_clip > 0 else adam
+
+
+def init_state(key: jax.Array, params: Any, tx: optax.GradientTransformation, ema: bool = False) -> TrainState:
+    """A fresh state. `key` must be a typed key (`jax.random.key(seed)`)."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        key=key,
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+    )
+
+
+def step_key(state: TrainState) -> jax.Array:
+    """The key for this step: a resumed run draws exactly the randomness of an uninterrupted one."""
+    return jax.random.fold_in(state.key, state.step)
+
+
+def all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def guarded_update(finite: jax.Array, new, old):
+    """`new` where finite, else `old`: a non-finite step leaves the state untouched."""
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
+def accumulate_gradients(grad_fn: Callable, params, batch, key, microbatches: int):
+    """Mean of grad_fn over `microbatches` equal slices of `batch`, scanned inside the compiled step.
+
+    grad_fn(params, batch, key) -> ((loss, metrics), grads). Memory holds one microbatch's activations.
+    """
+    if microbatches == 1:
+        return grad_fn(params, batch, key)
+
+    def split(x):
+        return x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:])
+
+    micro = jax.tree.map(split, batch)
+    keys = jax.random.split(key, microbatches)
+    (loss0, metrics0), grads0 = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), keys[0])
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ((loss0, metrics0), grads0))
+
+    def body(acc, xs):
+        mb, k = xs
+        out = grad_fn(params, mb, k)
+        return jax.tree.map(jnp.add, acc, out), None
+
+    total, _ = jax.lax.scan(body, zeros, (micro, keys))
+    return jax.tree.map(lambda x: x / microbatches, total)
+
+
+def make_step(
+    loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]],
+    tx: optax.GradientTransformation,
+    *,
+    ema_decay: float = 0.0,
+    grad_accum: int = 1,
+    with_step: bool = False,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """Turns `loss_fn(params, batch, key) -> (loss, metrics)` into a pure train step.
+
+    The step differentiates the loss, applies the optimizer, updates the EMA and counts the step. A step
+    whose loss or gradients are not finite changes nothing but the step counter and reports
+    `nonfinite=1` in its metrics; the loop decides whether to stop or go on (`TrainConfig.on_nonfinite`).
+    With `with_step=True` the loss is called as `loss_fn(params, batch, key, step=state.step)` (for
+    schedules inside the loss, such as a KL warm-up).
+    """
+
+    def step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        loss = functools.partial(loss_fn, step=state.step) if with_step else loss_fn
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
+        (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, step_key(state), grad_accum)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & all_finite(grads)
+        params, opt_state = guarded_update(finite, (params, opt_state), (state.params, state.opt_state))
+        ema = state.ema_params
+        if ema is not None:
+            ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "nonfinite": 1.0 - finite.astype(jnp.float32),
+        }
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+        return new, metrics
+
+    return step
