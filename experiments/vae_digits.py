@@ -41,7 +41,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     model_cfg = dataclasses.replace(config.model, image_shape=tuple(train_src.shape))
     config = dataclasses.replace(config, model=model_cfg)
     experiment.start(config, workdir, experiment="vae_digits", family="vae")
-    mesh = parallel.make_mesh(config.train.fsdp)
+    mesh = parallel.mesh_for(config.train)
     parallel.check_batch_size(config.train.batch_size, mesh)
 
     # ---- state and step

@@ -67,6 +67,8 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            # Named up front so metadata can be read before any save or restore in this process.
+            item_handlers=ocp.StandardCheckpointHandler(),
         )
 
     # --------------------------------------------------------------------------- save
@@ -156,7 +158,7 @@ class Checkpointer:
 
 def restore_raw(directory: str, step: int | None = None) -> tuple[int, dict]:
     """Restores a checkpoint without a template (as nested dicts of host arrays): for sampling/inspection."""
-    manager = ocp.CheckpointManager(os.path.abspath(directory))
+    manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=ocp.StandardCheckpointHandler())
     steps = sorted(manager.all_steps())
     if not steps:
         raise CheckpointError(

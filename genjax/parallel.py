@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 FSDP_MIN_SIZE = 2**14
 
 
+def mesh_for(cfg) -> Mesh:
+    """The mesh a TrainConfig asks for."""
+    return make_mesh(cfg.fsdp, num_devices=cfg.num_devices)
+
+
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> None:
     """Joins a multi-host run. With no arguments JAX reads the cluster from its environment
@@ -40,9 +45,13 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                                process_id=process_id)
 
 
-def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
-    """A (data, fsdp) mesh over all devices (or `devices`); data = num_devices // fsdp."""
+def make_mesh(fsdp: int = 1, devices=None, num_devices: int = 0) -> Mesh:
+    """A (data, fsdp) mesh over `devices` (default: all, or the first `num_devices`); data = n // fsdp."""
     devices = list(jax.devices() if devices is None else devices)
+    if num_devices:
+        if num_devices > len(devices):
+            raise ConfigError(f"train.num_devices={num_devices} but only {len(devices)} devices exist")
+        devices = devices[:num_devices]
     if fsdp < 1 or len(devices) % fsdp:
         raise ConfigError(
             f"train.fsdp={fsdp} does not divide the {len(devices)} available devices; "

@@ -35,6 +35,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 turns EMA off
     seed: int = 0
     fsdp: int = 1  # devices per model shard (the mesh's `fsdp` axis); the rest form `data`
+    num_devices: int = 0  # devices to use (0 = all); the mesh is (num_devices // fsdp, fsdp)
     log_every: int = 50
     eval_every: int = 500
     sample_every: int = 500
@@ -167,7 +168,7 @@ def make_step(
         metrics = {
             **metrics,
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "nonfinite": 1.0 - finite.astype(jnp.float32),
         }
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)

@@ -30,3 +30,9 @@ def devices8():
 @pytest.fixture(scope="session")
 def device1():
     return jax.devices()[:1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _feature_net_cache(tmp_path_factory):
+    """Feature classifiers are trained once per test session into a private cache, never the user's."""
+    os.environ["GENJAX_CACHE"] = str(tmp_path_factory.mktemp("genjax_cache"))

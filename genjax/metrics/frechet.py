@@ -70,7 +70,7 @@ def _cache_path(name: str, shape, seed: int) -> str:
     return os.path.join(root, "feature_nets", f"{name}-{tag}.msgpack")
 
 
-def train_classifier(train: dict, test: dict, num_classes: int, seed: int = 0, steps: int = 1500,
+def train_classifier(train: dict, test: dict, num_classes: int, seed: int = 0, steps: int = 600,
                      batch_size: int = 128) -> FeatureNet:
     """Trains the feature classifier (deterministic from `seed`); a few seconds for digits on a CPU."""
     model = Classifier(num_classes)

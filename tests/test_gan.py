@@ -1,0 +1,197 @@
+"""GAN family: the two-player step, losses, spectral norm, R1, sampling, and a real ring-of-Gaussians run."""
+
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genjax.config import ConfigError
+from genjax.models import gan
+from genjax.nn import spectral
+
+TINY = gan.Config(image_shape=(8, 8, 1), latent_dim=8, widths=(16, 8), num_classes=3, r1_weight=1.0)
+MLP = gan.Config(arch="mlp", data_dim=2, latent_dim=4, widths=(16, 16), num_classes=3)
+
+
+def image_batch(n=8, seed=0, classes=3):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.uniform(size=(n, 8, 8, 1)).astype(np.float32),
+            "label": rng.integers(0, classes, n).astype(np.int32)}
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def d_step(state, batch, d_iter, cfg):
+    return gan.d_step(state, gan._to_model(batch, cfg), batch["label"], jax.random.key(1), d_iter, cfg)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def g_step(state, cfg):
+    return gan.g_step(state, jnp.arange(8) % 3, jax.random.key(2), 8, cfg)
+
+
+def test_config_validation():
+    gan.Config().validate()
+    gan.RING.validate()
+    bad = [dict(loss="lsgan"), dict(widths=(64, 32, 16, 8, 4)), dict(image_shape=(8, 8)), dict(n_disc=0),
+           dict(num_classes=1), dict(ema_decay=1.0), dict(loss="wgan_gp", gp_weight=0.0), dict(lr_d=0.0),
+           dict(norm="batch"), dict(widths=())]
+    for change in bad:
+        with pytest.raises(ConfigError, match="model\\."):
+            dataclasses.replace(gan.Config(), **change).validate()
+    dataclasses.replace(gan.Config(), image_shape=(28, 28, 1), widths=(32, 16, 8)).validate()  # 7x7 -> 28x28
+
+
+def test_step_updates_both_players_and_ema():
+    cfg = dataclasses.replace(TINY, n_disc=2, r1_every=2)
+    state = gan.init_state(jax.random.key(0), cfg)
+    new, metrics = jax.jit(gan.make_step(cfg))(state, image_batch())
+    assert int(new.step) == 1 and float(metrics["nonfinite"]) == 0.0
+    for name in ("d_loss", "g_loss", "d_real", "d_fake", "r1", "d_grad_norm", "g_grad_norm"):
+        assert np.isfinite(float(metrics[name])), name
+    for player in ("generator", "discriminator"):
+        moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.params[player], state.params[player])
+        assert all(jax.tree.leaves(moved)), f"{player} has leaves the step did not update"
+    assert int(new.opt_state["discriminator"][0].count) == 2  # n_disc D updates
+    assert int(new.opt_state["generator"][0].count) == 1
+    assert not np.allclose(new.ema_params["Dense_0"]["kernel"], state.ema_params["Dense_0"]["kernel"])
+    chex.assert_trees_all_equal_structs(new, state)
+    with pytest.raises(ConfigError, match="n_disc"):
+        gan.make_step(cfg)(state, image_batch(n=7))
+
+
+@pytest.mark.parametrize("loss", ["nonsat", "hinge", "wgan_gp"])
+def test_discriminator_separates_real_from_fake(loss):
+    cfg = dataclasses.replace(TINY, loss=loss, r1_weight=0.0, lr_d=1e-3)
+    state = gan.init_state(jax.random.key(0), cfg)
+    batch = image_batch()
+    first = None
+    for _ in range(10):  # same reals, same fakes (fixed key, G untouched)
+        state, m = d_step(state, batch, 1, cfg)
+        first = first or m
+    assert float(m["d_real"] - m["d_fake"]) > float(first["d_real"] - first["d_fake"]) + 0.05
+    assert float(m["d_real"]) > float(first["d_real"]) and float(m["d_fake"]) < float(first["d_fake"])
+    assert float(m["d_loss"]) < float(first["d_loss"])
+
+
+def test_no_gradient_leak_between_players():
+    state = gan.init_state(jax.random.key(0), TINY)
+    after_d, _ = d_step(state, image_batch(), 0, TINY)
+    chex.assert_trees_all_equal(after_d.params["generator"], state.params["generator"])
+    chex.assert_trees_all_equal(after_d.opt_state["generator"], state.opt_state["generator"])
+    assert not np.allclose(after_d.params["discriminator"]["params"]["logit"]["kernel"],
+                           state.params["discriminator"]["params"]["logit"]["kernel"])
+    after_g, _ = g_step(state, TINY)
+    chex.assert_trees_all_equal(after_g.params["discriminator"], state.params["discriminator"])  # incl. u vectors
+    chex.assert_trees_all_equal(after_g.opt_state["discriminator"], state.opt_state["discriminator"])
+    assert not np.allclose(after_g.params["generator"]["Dense_0"]["kernel"],
+                           state.params["generator"]["Dense_0"]["kernel"])
+    # The power-iteration vectors are state, not parameters: the optimizer never sees them.
+    d_opt_leaves = jax.tree.leaves(state.opt_state["discriminator"])
+    n_params = len(jax.tree.leaves(state.params["discriminator"]["params"]))
+    assert len(d_opt_leaves) == 1 + 2 * n_params  # adam: count, mu, nu
+
+
+def test_spectral_norm_top_singular_value_is_one():
+    params = gan.init(jax.random.key(3), TINY)["discriminator"]
+    disc = dict(params)
+    for _ in range(30):  # the power iteration converges over D updates
+        weights, disc["spectral"] = gan.d_weights(disc, TINY, update=True)
+    weights, _ = gan.d_weights(disc, TINY)
+    flat = jax.tree_util.tree_flatten_with_path(weights)[0]
+    checked = 0
+    for path, w in flat:
+        name = jax.tree_util.keystr(path)
+        if ("kernel" in name or "embedding" in name) and w.ndim >= 2:
+            top = np.linalg.svd(np.asarray(w, np.float64).reshape(-1, w.shape[-1]), compute_uv=False)[0]
+            np.testing.assert_allclose(top, 1.0, rtol=2e-3, err_msg=name)
+            checked += 1
+        else:
+            raw = params["params"]
+            for k in path:
+                raw = raw[k.key]
+            np.testing.assert_array_equal(w, raw)  # biases are left alone
+    assert checked == 5  # 2 convs, dense, logit, class projection
+    # A single update from a fresh u already bounds the estimate from below.
+    w = params["params"]["Conv_1"]["kernel"]
+    est, _ = spectral.sigma(w, params["spectral"]["Conv_1"]["kernel"], n_iters=20)
+    top = np.linalg.svd(np.asarray(w).reshape(-1, w.shape[-1]), compute_uv=False)[0]
+    np.testing.assert_allclose(est, top, rtol=1e-3)
+
+
+@pytest.mark.parametrize("cfg", [MLP, dataclasses.replace(TINY, widths=(8, 4))], ids=["mlp", "dcgan"])
+def test_r1_penalty_matches_float64_finite_differences(cfg):
+    params = gan.init(jax.random.key(4), cfg)["discriminator"]
+    shape = gan.data_shape(cfg)
+    x = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
+    labels = np.array([0, 2, 1], np.int32)
+    got = float(jax.jit(gan.r1_penalty, static_argnums=3)(params, x, labels, cfg))
+
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x64 = jnp.asarray(x, jnp.float64)
+        d = x64[0].size
+        eps = 1e-5
+        basis = jnp.eye(d, dtype=jnp.float64).reshape(d, *shape)
+
+        def f(xx):
+            return gan.discriminator_logits(p64, xx, labels, cfg)  # (3,)
+
+        diffs = jax.jit(jax.vmap(lambda e: (f(x64 + eps * e) - f(x64 - eps * e)) / (2 * eps)))(basis)  # (d, 3)
+        want = float(jnp.mean(jnp.sum(diffs**2, axis=0)))
+    assert want > 1e-4
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_lazy_r1_and_nonfinite_guard():
+    cfg = dataclasses.replace(TINY, r1_every=4)
+    state = gan.init_state(jax.random.key(0), cfg)
+    _, off = d_step(state, image_batch(), 3, cfg)
+    _, on = d_step(state, image_batch(), 4, cfg)
+    assert float(off["r1"]) == 0.0 and float(on["r1"]) > 0.0
+
+    bad = image_batch()
+    bad["image"][0, 0, 0, 0] = np.nan
+    new, metrics = jax.jit(gan.make_step(cfg))(state, bad)
+    assert float(metrics["nonfinite"]) == 1.0 and int(new.step) == 1
+    chex.assert_trees_all_equal((new.params, new.opt_state, new.ema_params),
+                                (state.params, state.opt_state, state.ema_params))
+
+
+def test_sample_shapes_and_range():
+    state = gan.init_state(jax.random.key(0), TINY)
+    x = gan.sample(state.ema_params, jax.random.key(1), 5, TINY)
+    chex.assert_shape(x, (5, 8, 8, 1))
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    y = gan.sample(state.params, jax.random.key(1), 5, TINY)  # full two-player params work too
+    chex.assert_trees_all_close(x, y)
+    z = gan.sample(state.params, jax.random.key(1), 5, TINY, labels=jnp.full((5,), 2))
+    assert not np.allclose(x, z)
+    p = gan.init(jax.random.key(0), MLP)
+    chex.assert_shape(gan.sample(p["generator"], jax.random.key(1), 7, MLP), (7, 2))
+    d_loss, metrics = gan.loss(state.params, image_batch(), jax.random.key(1), TINY)
+    assert np.isfinite(float(d_loss)) and set(metrics) >= {"d_loss", "g_loss"}
+
+
+def test_ring_data_and_score():
+    x, y = gan.ring_data(0, 4000)
+    np.testing.assert_array_equal(x, gan.ring_data(0, 4000)[0])  # seeded
+    score = gan.ring_score(x)
+    assert score["modes"] == 8 and score["hq"] > 0.98
+    assert gan.ring_score(np.zeros((100, 2)))["modes"] == 0
+    assert gan.ring_score(gan.ring_centers()[[0] * 100])["modes"] == 1
+
+
+def test_ring_training_covers_modes():
+    cfg = gan.RING
+    state = gan.init_state(jax.random.key(0), cfg)
+    step = jax.jit(gan.make_step(cfg), donate_argnums=0)
+    data = gan.ring_batches(gan.RING_BATCH, seed=0)
+    for i in range(gan.RING_STEPS):
+        state, metrics = step(state, next(data))
+    assert float(metrics["nonfinite"]) == 0.0
+    score = gan.ring_score(gan.sample(state.ema_params, jax.random.key(1), 2500, cfg))
+    assert score["modes"] >= 7 and score["hq"] >= 0.7, score
