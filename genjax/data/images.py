@@ -92,7 +92,7 @@ def tfds_source(name: str, split: str, data_dir: str | None = None, image_key: s
     num_classes = info.features[label_key].num_classes if label_key in info.features else 0
 
     def fetch(indices: np.ndarray) -> dict:
-        records = source.__getitems__([int(i) for i in indices])
+        records = [source[int(i)] for i in indices]
         images = np.stack([np.asarray(r[image_key]) for r in records]).astype(np.float32) / 255.0
         labels = np.asarray([r.get(label_key, 0) for r in records], np.int32)
         return {"image": images, "label": labels}
