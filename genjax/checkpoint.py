@@ -78,9 +78,15 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
             return
-        self.manager.save(step, args=ocp.args.StandardSave(state))
-        if wait:
-            self.manager.wait_until_finished()
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(state))
+            if wait:
+                self.manager.wait_until_finished()
+        except OSError as e:  # a full or failing disk: orbax only removes old steps after a save commits
+            raise CheckpointError(
+                f"saving the checkpoint of step {step} to {self.directory} failed ({e}); the checkpoints "
+                f"already there (steps {self.steps()}) are intact. Free disk space and rerun to resume."
+            ) from e
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

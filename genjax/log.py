@@ -130,8 +130,11 @@ class Progress:
         return rate
 
     def write(self, msg: str) -> None:
+        """A message that must reach the user (warnings), above the bar when it is shown."""
         if not self.bar.disable:
-            self.bar.write(msg)
+            self.bar.write(msg, file=sys.stderr)
+        elif jax.process_index() == 0:
+            print(msg, file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()

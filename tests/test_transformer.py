@@ -15,11 +15,11 @@ from genjax.config import ConfigError
 from genjax.models import transformer as T
 
 VOCAB = 37
-# Two configs cover every option: learned/rope, gelu/swiglu, layernorm/rmsnorm, tied/untied.
+# Two configs cover every option: learned/rope, gelu/swiglu, layernorm/rmsnorm, tied/untied, scan/unrolled.
 CFGS = {
     "learned": T.Config(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, d_model=32),
     "rope": T.Config(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, d_model=32, pos="rope",
-                     mlp="swiglu", norm="rmsnorm", tie_embeddings=False, bias=True),
+                     mlp="swiglu", norm="rmsnorm", tie_embeddings=False, bias=True, scan_layers=False),
 }
 
 

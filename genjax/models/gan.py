@@ -208,7 +208,8 @@ def r1_penalty(disc: dict, x, labels, cfg: Config, weights=None) -> jax.Array:
 
 def gradient_penalty(weights, real, fake, labels, key, cfg: Config) -> jax.Array:
     """WGAN-GP: E (||grad D(x_hat)|| - 1)^2 at random interpolates of real and fake."""
-    eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
+    # drawn 1-D then reshaped: rank >= 3 random draws compile slowly on XLA:CPU (see dcgan.flat_init)
+    eps = jax.random.uniform(key, (real.shape[0],), real.dtype).reshape((-1,) + (1,) * (real.ndim - 1))
     x_hat = eps * real + (1.0 - eps) * fake
     norm = jnp.sqrt(_input_grad_sq(weights, x_hat, labels, cfg) + 1e-12)
     return jnp.mean(jnp.square(norm - 1.0))

@@ -50,6 +50,7 @@ class Config:
     attention: Literal["auto", "xla", "cudnn"] = "auto"  # auto: cuDNN on GPU in bfloat16, else XLA
     rope_base: float = 10000.0
     remat: bool = False  # recompute each block's activations in the backward pass
+    scan_layers: bool = True
 
     def validate(self):
         if self.vocab_size < 0:
@@ -122,6 +123,22 @@ class _Layer(nn.Module):
         )(x, positions, cache, cache_index, start, self.deterministic)
 
 
+class _Unrolled(nn.Module):
+    cfg: Config
+    deterministic: bool
+    layer: Any
+
+    @nn.compact
+    def __call__(self, x, cache, positions, cache_index, start):
+        caches = []
+        for i in range(self.cfg.n_layer):
+            lc = None if cache is None else jax.tree.map(lambda a: a[i], cache)
+            x, nc = self.layer(self.cfg, self.deterministic, name=f"layer_{i}")(x, lc, positions, cache_index, start)
+            caches.append(nc)
+        new = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
+        return x, new
+
+
 class GPT(nn.Module):
     cfg: Config
     deterministic: bool = True
@@ -132,13 +149,16 @@ class GPT(nn.Module):
         if c.pos == "learned":
             self.wpe = self.param("wpe", normal(0.02), (c.block_size, c.d_model), jnp.float32)
         layer = nn.remat(_Layer, prevent_cse=False) if c.remat else _Layer
-        self.blocks = nn.scan(
-            layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=c.n_layer,
-        )(c, self.deterministic)
+        if not c.scan_layers:
+            self.blocks = _Unrolled(c, self.deterministic, layer)
+        else:
+            self.blocks = nn.scan(
+                layer,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=c.n_layer,
+            )(c, self.deterministic)
         self.drop = nn.Dropout(c.dropout)
         self.ln_f = Norm(c.norm, c.bias, c.compute_dtype)
         if not c.tie_embeddings:
