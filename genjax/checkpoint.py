@@ -163,7 +163,11 @@ class Checkpointer:
 
 
 def restore_raw(directory: str, step: int | None = None) -> tuple[int, dict]:
-    """Restores a checkpoint without a template (as nested dicts of host arrays): for sampling/inspection."""
+    """Restores a checkpoint without a template, as nested dicts of arrays on one local device.
+
+    For sampling and inspection: works whatever topology (devices, hosts) wrote the checkpoint, since the
+    target is built from the checkpoint's own metadata.
+    """
     manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=ocp.StandardCheckpointHandler())
     steps = sorted(manager.all_steps())
     if not steps:
@@ -171,9 +175,13 @@ def restore_raw(directory: str, step: int | None = None) -> tuple[int, dict]:
             f"{directory} holds no checkpoint: train first (the experiment writes checkpoints every "
             f"train.ckpt_every steps and at the end)"
         )
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     for candidate in reversed(steps if step is None else [step]):
         try:
-            return candidate, manager.restore(candidate)
+            tree = getattr(manager.item_metadata(candidate), "tree", None)
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree,
+                                  is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+            return candidate, manager.restore(candidate, args=ocp.args.StandardRestore(target))
         except Exception as e:
             log.warning("checkpoint at step %d cannot be restored: %s", candidate, e)
     raise CheckpointError(f"no checkpoint in {directory} can be restored")

@@ -44,7 +44,11 @@ def start(cfg, workdir: str, *, experiment: str, family: str) -> None:
 def main(default: Any, train_and_evaluate: Callable[[Any, str], dict], doc: str | None,
          argv: list[str] | None = None) -> dict:
     """Parses overrides of `default`, runs the experiment, and turns known failures into clear exits."""
-    cfg, args = config_lib.parse_args(default, argv, description=doc or "")
+    cfg, args = config_lib.parse_args(default, argv, description=doc or "", extra=_distributed_flags)
+    if args.coordinator or args.num_processes or "JAX_COORDINATOR_ADDRESS" in os.environ:
+        from genjax.parallel import initialize_distributed
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     try:
         return train_and_evaluate(cfg, args.workdir)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
@@ -55,11 +59,19 @@ def main(default: Any, train_and_evaluate: Callable[[Any, str], dict], doc: str 
         raise SystemExit(1) from None
 
 
+def _distributed_flags(parser) -> None:
+    g = parser.add_argument_group("multi-host (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
+    g.add_argument("--coordinator", default=None, help="host:port of process 0, e.g. 10.0.0.1:1234")
+    g.add_argument("--num_processes", type=int, default=None, help="number of processes (hosts)")
+    g.add_argument("--process_id", type=int, default=None, help="this process's index, 0..num_processes-1")
+
+
 def write_summary(workdir: str, summary: dict) -> None:
     """workdir/summary.json: the final metrics of the run, for tables and comparisons."""
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
+    if jax.process_index() != 0:
+        return
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
     print("genjax: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                  for k, v in summary.items()))
 

@@ -82,11 +82,21 @@ def compile_step(step_fn, state_sharding, mesh):
 
 
 def place_state(state: TrainState, mesh) -> tuple[TrainState, Any]:
-    """Puts a state on the mesh with its (FSDP or replicated) shardings; returns (state, shardings)."""
+    """Puts a state on the mesh with its (FSDP or replicated) shardings; returns (state, shardings).
+
+    Each process holds the same full state (built from the same seed) and contributes the shards of
+    its own devices, so this works across hosts; the copy also keeps the caller's buffers safe from the
+    step's donation.
+    """
     shardings = parallel.state_sharding(state, mesh)
-    # A fresh copy: an aliased buffer would be deleted from under the caller when the step donates it.
-    state = jax.tree.map(lambda x, s: jax.device_put(x, s, may_alias=False), state, shardings)
-    return state, shardings
+
+    def place(x, sharding):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(place(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(place, state, shardings), shardings
 
 
 def _mean_metrics(rows: list[dict]) -> dict[str, float]:

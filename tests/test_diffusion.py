@@ -143,9 +143,10 @@ def test_q_sample_moments_match_schedule():
     cfg = dm.Config(schedule="linear")
     x0 = jnp.array([0.7, -0.4])
     n = 200_000
+    draw = jax.jit(lambda t, key: dm.q_sample(jnp.broadcast_to(x0, (n, 2)), jnp.full((n,), t), jax.random.normal(
+        key, (n, 2)), cfg))
     for t in (0.05, 0.5, 0.95):
-        noise = jax.random.normal(jax.random.fold_in(jax.random.key(0), int(t * 100)), (n, 2))
-        xt = np.asarray(dm.q_sample(jnp.broadcast_to(x0, (n, 2)), jnp.full((n,), t), noise, cfg), np.float64)
+        xt = np.asarray(draw(t, jax.random.fold_in(jax.random.key(0), int(t * 100))), np.float64)
         ab = ref_alpha_bar(t, "linear")
         se = np.sqrt((1 - ab) / n)
         np.testing.assert_allclose(xt.mean(0), np.sqrt(ab) * np.asarray(x0), atol=5 * se)
@@ -170,26 +171,24 @@ def test_posterior_against_ddpm_float64(schedule):
 
 
 def test_parameterizations_and_min_snr_weights():
-    key = jax.random.key(0)
-    x0, eps = jax.random.normal(key, (2, 4, 5))
-    t = jnp.linspace(0.05, 0.95, 4)
+    x0, eps = np.random.default_rng(0).normal(size=(2, 4, 5))
+    t = np.linspace(0.05, 0.95, 4)
     for schedule in ("linear", "cosine"):
-        alpha, sigma = dm.alpha_sigma(t, dm.Config(schedule=schedule))
+        alpha, sigma = dm.alpha_sigma(t, dm.Config(schedule=schedule), np)
         xt = alpha[:, None] * x0 + sigma[:, None] * eps
         for pred in ("eps", "x0", "v"):
             out = dm.from_x0_eps(x0, eps, alpha, sigma, pred)
             x0_hat, eps_hat = dm.to_x0_eps(out, xt, alpha, sigma, pred)
-            np.testing.assert_allclose(x0_hat, x0, atol=2e-4)
-            np.testing.assert_allclose(eps_hat, eps, atol=2e-4)
+            np.testing.assert_allclose(x0_hat, x0, atol=1e-5)
+            np.testing.assert_allclose(eps_hat, eps, atol=1e-5)
     # min-SNR: the implied weight on ||x0 - x0_hat||^2 is min(SNR, gamma) for every parameterization
-    lam = jnp.linspace(-6.0, 6.0, 13)
-    alpha, sigma = dm.alpha_sigma_from_log_snr(lam)
+    lam = np.linspace(-6.0, 6.0, 13)
+    alpha, sigma = dm.alpha_sigma_from_log_snr(lam, np)
     # a unit error in x0_hat is an output error of alpha/sigma (eps), 1 (x0), 1/sigma (v)
-    out_err = {"eps": alpha / sigma, "x0": jnp.ones_like(lam), "v": 1.0 / sigma}
+    out_err = {"eps": alpha / sigma, "x0": np.ones_like(lam), "v": 1.0 / sigma}
     for pred, err in out_err.items():
         cfg = dm.Config(prediction=pred, loss_weighting="min_snr", min_snr_gamma=5.0)
-        np.testing.assert_allclose(dm.loss_weight(lam, cfg) * err**2, jnp.minimum(jnp.exp(lam), 5.0),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(dm.loss_weight(lam, cfg) * err**2, np.minimum(np.exp(lam), 5.0), rtol=1e-5)
         np.testing.assert_allclose(dm.loss_weight(lam, dataclasses.replace(cfg, loss_weighting="none")), 1.0)
 
 
@@ -238,11 +237,10 @@ def test_dpm_solver_reproduces_data_and_catches_off_by_one():
 
 def test_ddim_eta1_is_ddpm_and_eta0_is_deterministic():
     cfg = dm.Config(schedule="linear", timesteps=1000, prediction="v")
-    for steps in (1000, 50):
-        m1, c1 = sampler_moments(cfg, "ddpm", steps)
-        m2, c2 = sampler_moments(cfg, "ddim", steps, eta=1.0)
-        np.testing.assert_allclose(m1, m2, atol=1e-5)
-        np.testing.assert_allclose(c1, c2, atol=1e-5)
+    m1, c1 = sampler_moments(cfg, "ddpm", 50)
+    m2, c2 = sampler_moments(cfg, "ddim", 50, eta=1.0)
+    np.testing.assert_allclose(m1, m2, atol=1e-5)
+    np.testing.assert_allclose(c1, c2, atol=1e-5)
     fn = optimal_model_fn(cfg)
     x_T = jax.random.normal(jax.random.key(0), (64, D))
     run = jax.jit(lambda k, eta: dm.run_sampler(fn, x_T, k, cfg, sampler="ddim", steps=20, eta=eta),
@@ -293,11 +291,11 @@ def test_guidance_combination():
 
 def test_discretized_gaussian_is_normalized():
     grid = jnp.arange(256) / 255.0 * 2 - 1
+    loglik = jax.jit(dm.discretized_gaussian_log_likelihood)
     for mean, scale in ((0.0, 0.01), (0.3, 0.2), (-0.999, 0.004), (0.9, 3.0)):
-        logp = dm.discretized_gaussian_log_likelihood(grid, mean, scale)
-        np.testing.assert_allclose(jnp.sum(jnp.exp(logp)), 1.0, rtol=1e-4)
+        np.testing.assert_allclose(np.exp(np.asarray(loglik(grid, mean, scale), np.float64)).sum(), 1.0, rtol=1e-4)
     # a bin far in the tail stays finite (no log(0))
-    assert np.isfinite(float(dm.discretized_gaussian_log_likelihood(jnp.array(0.9), 0.0, 0.01)))
+    assert np.all(np.isfinite(np.asarray(loglik(grid, 0.0, 0.001))))
 
 
 def _gaussian_data(n):
@@ -349,8 +347,8 @@ def test_unet_shapes_for_named_sizes(name, shape):
     chex.assert_shape(out, (2, *shape))
     assert out.dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-    if name == "cifar10":  # DDPM's CIFAR-10 model: 35.7M parameters (+ the 11 x 512 class embedding)
-        n = _n_params(jax.eval_shape(functools.partial(dm.init, cfg=dm.cifar10_ddpm()), jax.random.key(0)))
+    if name == "cifar10":  # DDPM's CIFAR-10 model: 35.7M parameters, plus here an 11 x 512 class embedding
+        n = _n_params(params) - 11 * 512
         assert abs(n - 35.7e6) < 0.1e6, n
 
 
@@ -367,8 +365,10 @@ def test_unet_pads_odd_sizes_and_computes_in_bfloat16():
 
 # ----------------------------------------------------------------------------- through the network
 
-TINY = dm.Config(num_classes=10, channels=8, num_groups=4, dropout=0.1, prediction="v",
-                 loss_weighting="min_snr")
+# One level (no resampling, attention in the middle block only): few parameter leaves, since compiling
+# the train step on a CPU costs ~0.2 s per leaf. Down/upsampling are covered by the shape tests above.
+TINY = dm.Config(num_classes=10, channels=8, num_groups=4, channel_mults=(1,), attn_resolutions=(), dropout=0.1,
+                 prediction="v", loss_weighting="min_snr")
 
 
 @pytest.fixture(scope="module")
@@ -391,11 +391,10 @@ def test_train_step_runs_and_updates_ema(trained):
         assert np.isfinite(float(m["loss"])) and 0.0 < float(m["loss"]) < 10.0
         assert float(m["nonfinite"]) == 0.0 and float(m["grad_norm"]) > 0.0
     assert int(s2.step) == 2
-    # EMA: ema_2 = 0.9 ema_1 + 0.1 params_2
-    chex.assert_trees_all_close(s2.ema_params, jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, s1.ema_params,
-                                                            s2.params), atol=1e-6)
-    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), trained["params0"], s2.params)
-    assert max(jax.tree.leaves(moved)) > 0.0
+    # EMA: ema_2 = 0.9 ema_1 + 0.1 params_2 (compared on the host: no per-leaf compiles)
+    ema1, ema2, p0, p2 = jax.device_get((s1.ema_params, s2.ema_params, trained["params0"], s2.params))
+    chex.assert_trees_all_close(ema2, jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, ema1, p2), atol=1e-6)
+    assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p2))) > 0.0
 
 
 def test_sampling_through_the_network(trained):

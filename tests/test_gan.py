@@ -20,9 +20,13 @@ TINY = gan.Config(image_shape=(8, 8, 1), latent_dim=8, widths=(16, 8), num_class
 MLP = gan.Config(arch="mlp", data_dim=2, latent_dim=4, widths=(16, 16), num_classes=3)
 
 
+# Faster compiles, slower code: right for the few steps these tests run (not for the ring run).
+QUICK = {"xla_backend_optimization_level": 0}
+
+
 @functools.cache
 def compiled_step(cfg):
-    return jax.jit(gan.make_step(cfg))
+    return jax.jit(gan.make_step(cfg), compiler_options=QUICK)
 
 
 @functools.cache
@@ -36,12 +40,12 @@ def image_batch(n=8, seed=0, classes=3):
             "label": rng.integers(0, classes, n).astype(np.int32)}
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
+@functools.partial(jax.jit, static_argnums=(3,), compiler_options=QUICK)
 def d_step(state, batch, d_iter, cfg):
     return gan.d_step(state, gan._to_model(batch, cfg), batch["label"], jax.random.key(1), d_iter, cfg)
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
+@functools.partial(jax.jit, static_argnums=(1,), compiler_options=QUICK)
 def g_step(state, cfg):
     return gan.g_step(state, jnp.arange(8) % 3, jax.random.key(2), 8, cfg)
 
@@ -112,7 +116,7 @@ def test_no_gradient_leak_between_players():
 def test_spectral_norm_top_singular_value_is_one():
     params = fresh_state(TINY).params["discriminator"]
     disc = dict(params)
-    advance = jax.jit(gan.d_weights, static_argnums=(1, 2))
+    advance = jax.jit(gan.d_weights, static_argnums=(1, 2), compiler_options=QUICK)
     for _ in range(30):  # the power iteration converges over D updates
         weights, disc["spectral"] = advance(disc, TINY, True)
     weights, _ = advance(disc, TINY, False)
@@ -143,7 +147,7 @@ def test_r1_penalty_matches_float64_finite_differences(cfg):
     shape = gan.data_shape(cfg)
     x = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
     labels = np.array([0, 2, 1], np.int32)
-    got = float(jax.jit(gan.r1_penalty, static_argnums=3)(params, x, labels, cfg))
+    got = float(jax.jit(gan.r1_penalty, static_argnums=3, compiler_options=QUICK)(params, x, labels, cfg))
 
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
@@ -155,7 +159,8 @@ def test_r1_penalty_matches_float64_finite_differences(cfg):
         def f(xx):
             return gan.discriminator_logits(p64, xx, labels, cfg)  # (3,)
 
-        diffs = jax.jit(jax.vmap(lambda e: (f(x64 + eps * e) - f(x64 - eps * e)) / (2 * eps)))(basis)  # (d, 3)
+        central = jax.vmap(lambda e: (f(x64 + eps * e) - f(x64 - eps * e)) / (2 * eps))
+        diffs = jax.jit(central, compiler_options=QUICK)(basis)  # (d, 3): d logit_i / d x_i[j]
         want = float(jnp.mean(jnp.sum(diffs**2, axis=0)))
     assert want > 1e-4
     np.testing.assert_allclose(got, want, rtol=1e-4)

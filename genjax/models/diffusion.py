@@ -232,7 +232,8 @@ def discrete_schedule(cfg: Config, timesteps: int | None = None) -> dict[str, np
 
 
 def _bcast(v, x):
-    v = jnp.asarray(v)
+    """(B,) per-example values against (B, ...) arrays (numpy stays numpy)."""
+    v = v if hasattr(v, "reshape") else np.asarray(v, np.float32)
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 

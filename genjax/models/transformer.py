@@ -255,6 +255,19 @@ def loss(params, batch, key, cfg: Config):
     return mean_nll, metrics
 
 
+def evaluate(params, batch, cfg: Config):
+    """Sums for exact held-out averages over many batches: {'nll_sum', 'count', 'correct'} (float32),
+    weighted by batch['mask'] (B, T) where given (padding rows weigh 0)."""
+    tokens = batch["tokens"]
+    logits = forward(params, tokens[:, :-1], cfg)
+    targets = tokens[:, 1:]
+    weights = batch.get("mask")
+    weights = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    return {"nll_sum": jnp.sum(nll * weights), "count": jnp.sum(weights), "correct": jnp.sum(correct * weights)}
+
+
 # ----------------------------------------------------------------------------- KV cache
 
 

@@ -173,9 +173,8 @@ class UNet(nn.Module):
                 if h.shape[1] in self.attn_resolutions:
                     h = attn(f"up{i}_attn{j}")(h)
             if i != 0:
-                b, hh, ww, c = h.shape
-                h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
-                h = nn.Conv(c, (3, 3), dtype=self.dtype, kernel_init=_default_init,
+                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour x2
+                h = nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype, kernel_init=_default_init,
                             name=f"up{i}_upsample")(h)
         assert not skips
 
