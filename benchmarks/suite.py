@@ -29,6 +29,9 @@ class Case:
     batch: dict
     examples_per_step: int
     unit: str = "images"
+    # XLA's cost analysis counts a loop body once: a case whose step scans over layers names an
+    # unrolled twin (same math) whose compiled cost gives the FLOPs.
+    flops_twin: tuple | None = None
 
 
 def _plain(name: str, size: str, cfg, batch: dict, lr=1e-3, ema=0.0) -> Case:
@@ -85,7 +88,17 @@ def transformer_case(size: str) -> Case:
     case = _plain("transformer", size, cfg, batch, lr=3e-4)
     case.examples_per_step = b * cfg.block_size
     case.unit = "tokens"
+    if cfg.scan_layers:
+        twin = _plain("transformer", size, dataclasses.replace(cfg, scan_layers=False), batch, lr=3e-4)
+        case.flops_twin = (twin.state, twin.step)
     return case
+
+
+def step_flops(case: Case) -> float | None:
+    """FLOPs of one train step from XLA's cost analysis (of the unrolled twin where there is one)."""
+    state, step = case.flops_twin or (case.state, case.step)
+    batch = jax.tree.map(jnp.asarray, case.batch)
+    return harness.compiled_flops(jax.jit(step).lower(state, batch).compile())
 
 
 CASES = {"vae": vae_case, "gan": gan_case, "diffusion": diffusion_case, "transformer": transformer_case}
@@ -94,7 +107,10 @@ CASES = {"vae": vae_case, "gan": gan_case, "diffusion": diffusion_case, "transfo
 def run_train(case: Case, steps: int, peak: float | None) -> dict:
     n_params = sum(x.size for x in jax.tree.leaves(case.state.params))
     batch = jax.tree.map(jnp.asarray, case.batch)
+    flops = step_flops(case) if case.flops_twin else None
     timing = harness.time_compiled(case.step, (case.state, batch), steps=steps, donate_first=True)
+    if flops:
+        timing["flops_per_step"] = flops
     return {
         "family": case.family, "size": case.size, "params": int(n_params),
         "batch": len(next(iter(case.batch.values()))), "unit": case.unit,

@@ -29,9 +29,12 @@ class MetricWriter:
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            from tensorboardX import SummaryWriter  # light: no TensorFlow
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=30)
+            try:
+                from tensorboardX import SummaryWriter  # light: no TensorFlow
+            except ImportError:  # e.g. a bare accelerator image: JSON lines still record everything
+                print("genjax: tensorboardX is not installed; metrics go to metrics.jsonl only", file=sys.stderr)
+            else:
+                self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=30)
 
     def scalars(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
         if not self.enabled or not metrics:
@@ -40,14 +43,15 @@ class MetricWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
         for k, v in values.items():
-            self._tb.add_scalar(f"{split}/{k}", v, int(step))
+            if self._tb is not None:
+                self._tb.add_scalar(f"{split}/{k}", v, int(step))
 
     def image(self, step: int, name: str, grid: np.ndarray) -> None:
-        if self.enabled:
+        if self._tb is not None:
             self._tb.add_image(name, grid, int(step), dataformats="HWC")
 
     def text(self, step: int, name: str, text: str) -> None:
-        if self.enabled:
+        if self._tb is not None:
             self._tb.add_text(name, text, int(step))
 
     def flush(self) -> None:
