@@ -72,13 +72,24 @@ class _StopFlag:
 
 
 def compile_step(step_fn, state_sharding, mesh):
-    """jit with the state's shardings in and out, the batch split over the mesh, state buffers donated."""
-    return jax.jit(
+    """jit with the state's shardings in and out, the batch split over the mesh, state buffers donated.
+
+    Calls run under `jax.set_mesh(mesh)`, so step code can pin intermediates with bare
+    PartitionSpecs (`parallel.constrain_to_batch`).
+    """
+    jitted = jax.jit(
         step_fn,
         in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0,
     )
+
+    def call(state, batch):
+        with jax.set_mesh(mesh):
+            return jitted(state, batch)
+
+    call.jitted = jitted
+    return call
 
 
 def place_state(state: TrainState, mesh) -> tuple[TrainState, Any]:

@@ -109,6 +109,20 @@ def state_sharding(state: Any, mesh: Mesh) -> Any:
     return jax.tree.map(leaf, state)
 
 
+def constrain_to_batch(x: jax.Array) -> jax.Array:
+    """Pins an array made inside a step (generated samples, noise) to the batch sharding.
+
+    Needed where XLA's sharding propagation would otherwise pick a layout for it: on a 2 x 4
+    (data x fsdp) mesh, a GAN discriminator's gradient on generated images came out wrong (forward
+    values right, gradient norm 30% off) until the images were constrained. A no-op outside a mesh
+    (the loop traces steps under `jax.set_mesh`).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+
+
 def global_batch(local_batch: Any, mesh: Mesh) -> Any:
     """This host's slice of the batch (numpy pytree) -> global jax arrays sharded over the mesh."""
     sharding = batch_sharding(mesh)

@@ -6,14 +6,16 @@ import dataclasses
 import functools
 import math
 
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from genjax import train
+from experiments import diffusion_digits
+from genjax import checkpoint, config as config_lib, log, sample as sample_cli
 from genjax.config import ConfigError
 from genjax.models import diffusion as dm
 
@@ -363,66 +365,68 @@ def test_unet_pads_odd_sizes_and_computes_in_bfloat16():
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
 
 
-# ----------------------------------------------------------------------------- through the network
-
-# One level (no resampling, attention in the middle block only): few parameter leaves, since compiling
-# the train step on a CPU costs ~0.2 s per leaf. Down/upsampling are covered by the shape tests above.
-TINY = dm.Config(num_classes=10, channels=8, num_groups=4, channel_mults=(1,), attn_resolutions=(), dropout=0.1,
-                 prediction="v", loss_weighting="min_snr")
+# ----------------------------------------------------------------------------- sampling arguments
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """A tiny conditional U-Net after two train steps with EMA (shared by the tests below)."""
-    params = dm.init(jax.random.key(0), TINY)
-    images = jax.random.uniform(jax.random.key(1), (16, 8, 8, 1))
-    batch = {"image": images, "label": jnp.arange(16, dtype=jnp.int32) % 10}
-    tx = optax.adam(1e-3)
-    step = jax.jit(train.make_step(functools.partial(dm.loss, cfg=TINY), tx, ema_decay=0.9))
-    state = train.init_state(jax.random.key(2), params, tx, ema=True)
-    s1, m1 = step(state, batch)
-    s2, m2 = step(s1, batch)
-    return {"params0": params, "s1": s1, "s2": s2, "m1": m1, "m2": m2, "batch": batch}
-
-
-def test_train_step_runs_and_updates_ema(trained):
-    s1, s2, m1, m2 = trained["s1"], trained["s2"], trained["m1"], trained["m2"]
-    for m in (m1, m2):
-        assert np.isfinite(float(m["loss"])) and 0.0 < float(m["loss"]) < 10.0
-        assert float(m["nonfinite"]) == 0.0 and float(m["grad_norm"]) > 0.0
-    assert int(s2.step) == 2
-    # EMA: ema_2 = 0.9 ema_1 + 0.1 params_2 (compared on the host: no per-leaf compiles)
-    ema1, ema2, p0, p2 = jax.device_get((s1.ema_params, s2.ema_params, trained["params0"], s2.params))
-    chex.assert_trees_all_close(ema2, jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, ema1, p2), atol=1e-6)
-    assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p2))) > 0.0
-
-
-def test_sampling_through_the_network(trained):
-    params = trained["s2"].params
-    key = jax.random.key(3)
-    images = dm.sample(params, key, 6, TINY, steps=4)
-    chex.assert_shape(images, (6, 8, 8, 1))
-    assert images.dtype == jnp.float32 and float(images.min()) >= 0.0 and float(images.max()) <= 1.0
-    # guidance w = -1 is exactly the unconditional model, i.e. the null label without guidance
-    guided = dm.sample(params, key, 6, TINY, steps=4, guidance=-1.0, labels=[3])
-    null = dm.sample(params, key, 6, TINY, steps=4, labels=np.full(6, TINY.num_classes))
-    np.testing.assert_allclose(guided, null, atol=1e-5)
-    # labels: "3,4" is cycled to num; the sampler and the labels matter
-    a = dm.sample(params, key, 6, TINY, steps=4, labels="3,4")
-    b = dm.sample(params, key, 6, TINY, steps=4, labels=[3, 4, 3, 4, 3, 4])
-    np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="sampler"):
-        dm.sample(params, key, 2, TINY, sampler="euler")
-    with pytest.raises(ValueError, match="labels must be"):
-        dm.sample(params, key, 2, TINY, labels=[11])
-    with pytest.raises(ValueError, match="exceeds"):
-        dm.sample(params, key, 2, TINY, steps=2000)
-    uncond = dataclasses.replace(TINY, num_classes=0)
+def test_sample_argument_errors_before_tracing():
+    cfg, key = dm.Config(num_classes=10), jax.random.key(0)
+    for kwargs, match in ((dict(sampler="euler"), "sampler"), (dict(labels=[11]), "labels must be"),
+                          (dict(steps=2000), "exceeds"), (dict(spacing="cubic"), "spacing")):
+        with pytest.raises(ValueError, match=match):
+            dm.sample(None, key, 2, cfg, **kwargs)
+    uncond = dm.Config()
     with pytest.raises(ValueError, match="guidance"):
-        dm.sample(params, key, 2, uncond, guidance=1.0)
+        dm.sample(None, key, 2, uncond, guidance=1.0)
+    with pytest.raises(ValueError, match="unconditional"):
+        dm.sample(None, key, 2, uncond, labels=[1])
+    np.testing.assert_array_equal(dm._labels("3,4", 5, cfg), [3, 4, 3, 4, 3])
+    np.testing.assert_array_equal(dm._labels(None, 12, cfg), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
 
 
-def test_bits_per_dim_through_the_network(trained):
-    params, batch = trained["s2"].params, trained["batch"]
-    bpd = jax.jit(functools.partial(dm.bits_per_dim, cfg=TINY))(params, batch, jax.random.key(4))
-    assert np.isfinite(float(bpd)) and 0.0 < float(bpd) < 100.0
+# ----------------------------------------------------------------------------- the experiment
+
+
+def tiny_experiment(**overrides):
+    base = {"train.steps": "2", "train.batch_size": "16", "train.log_every": "1", "train.eval_every": "2",
+            "train.sample_every": "2", "train.ckpt_every": "1", "eval_repeats": "1", "num_quality_samples": "100",
+            "sample_steps": "2", "model.channels": "8", "model.num_groups": "4", "model.channel_mults": "1",
+            "model.attn_resolutions": "", "model.num_classes": "10", "grid_guidance": "0"}
+    base.update({k: str(v) for k, v in overrides.items()})
+    return config_lib.override(diffusion_digits.Config(), base)
+
+
+def test_experiment_one_step_on_8_devices_and_the_sample_cli(tmp_path, devices8):
+    """The whole experiment, conditional, on 8 simulated devices: train steps through make_step with EMA,
+    the bound, guided and unguided samples, grids, the sample CLI, and guidance through the network."""
+    workdir = str(tmp_path / "run")
+    cfg = tiny_experiment()
+    summary = diffusion_digits.train_and_evaluate(cfg, workdir)
+    assert summary["steps"] == 2 and summary["devices"] == 8
+    for key in ("test_bits_per_dim", "test_bits_per_dim_cond", "frechet", "frechet_gmm_baseline", "label_accuracy"):
+        assert np.isfinite(summary[key]), key
+    assert 0 < summary["test_bits_per_dim"] < 100
+    for name in ("config.json", "metrics.jsonl", "summary.json", "samples/samples_000002.png"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    rows = log.read_metrics(workdir, "train")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and 0 < r["loss"] < 10 and r["nonfinite"] == 0 for r in rows)
+    assert log.read_metrics(workdir, "eval")[0]["bits_per_dim"] > 0
+    # make_step's EMA, read back from the step-1 and step-2 checkpoints: ema_2 = d ema_1 + (1 - d) params_2
+    d = cfg.train.ema_decay
+    (_, one), (_, two) = (checkpoint.restore_raw(os.path.join(workdir, "checkpoints"), s) for s in (1, 2))
+    ema1, ema2, p2 = jax.device_get((one["ema_params"], two["ema_params"], two["params"]))
+    chex.assert_trees_all_close(ema2, jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema1, p2), atol=1e-6)
+    # python -m genjax.sample WORKDIR reads the run back, with the diffusion options passed through
+    out = str(tmp_path / "s.npy")
+    assert sample_cli.main([workdir, "--num", "5", "--out", out, "--sampler", "ddim", "--steps", "3",
+                            "--guidance", "-1", "--labels", "1,2"]) == 0
+    samples = np.load(out)
+    assert samples.shape == (5, 8, 8, 1) and samples.dtype == np.float32
+    assert samples.min() >= 0 and samples.max() <= 1
+    # guidance w = -1 is exactly the unconditional model: the null label without guidance
+    _, model_cfg, params, _ = sample_cli.load_run(workdir)
+    key = jax.random.key(0)  # the CLI's --seed 0
+    null = dm.sample(params, key, 5, model_cfg, sampler="ddim", steps=3, labels=[model_cfg.num_classes])
+    np.testing.assert_allclose(samples, null, atol=1e-5)
+    with pytest.raises(ConfigError, match="model.num_classes=3"):
+        diffusion_digits.train_and_evaluate(tiny_experiment(**{"model.num_classes": 3}), str(tmp_path / "w"))

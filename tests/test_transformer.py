@@ -63,6 +63,8 @@ def test_params_are_float32_and_bf16_runs():
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     x = tokens(1, (2, 16))
     f32 = forward(params, x, cfg)
+    # jax.nn.dot_product_attention (the GPU path) and the einsum form (the CPU path) agree.
+    np.testing.assert_allclose(forward(params, x, dataclasses.replace(cfg, attention="xla")), f32, atol=1e-5)
     bf16 = forward(params, x, dataclasses.replace(cfg, dtype="bfloat16"))
     assert bf16.dtype == jnp.float32
     np.testing.assert_allclose(bf16, f32, atol=0.05)

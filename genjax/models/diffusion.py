@@ -84,7 +84,7 @@ class Config:
     cond_drop_prob: float = 0.1  # label dropout for classifier-free guidance (conditional models)
     clip_denoised: bool = True  # clip x0_hat to [-1, 1] while sampling and in the bound
     # U-Net
-    channels: int = 32
+    channels: int = 16
     channel_mults: tuple[int, ...] = (1, 2)
     num_res_blocks: int = 1
     attn_resolutions: tuple[int, ...] = (4,)
@@ -127,7 +127,8 @@ class Config:
 
 
 def digits(**overrides) -> Config:
-    """8x8 digits: ~0.7M parameters, a few ms per step on a CPU."""
+    """8x8 digits (the defaults): widths 16/32, attention at 4x4, 0.18M parameters; ~0.1 s per step of
+    64 on 2 CPU cores."""
     return dataclasses.replace(Config(), **overrides)
 
 
@@ -581,7 +582,8 @@ def level_probs(cfg: Config, timesteps: int) -> np.ndarray:
 def vlb_terms(x0_fn: Callable, x0, key, cfg: Config, timesteps: int | None = None) -> dict:
     """Per-example terms (nats) of the variational bound -log p(x0) <= prior + diffusion + decoder.
 
-    x0: (B, ...) on the 8-bit grid of [-1, 1]; x0_fn(x_t, t) -> x0_hat. timesteps (default
+    x0: (B, ...) on the 8-bit grid of [-1, 1]; x0_fn(x_t, t) -> x0_hat, called once on a batch of 2B
+    (B noisy inputs for the diffusion term, then B for the decoder). timesteps (default
     cfg.timesteps): T > 0 gives the discrete-time (DDPM) bound over the levels i / T, 0 the
     continuous-time (VDM) bound down to t = T_MIN_CONTINUOUS. `diffusion` is a one-sample unbiased
     estimate: a level i ~ `level_probs` (discrete) or lambda ~ U[lambda(1), lambda(t_min)]
@@ -611,12 +613,14 @@ def vlb_terms(x0_fn: Callable, x0, key, cfg: Config, timesteps: int | None = Non
         weight = 0.5 * (hi - lo) * jnp.exp(lam_t)
     alpha, sigma = alpha_sigma_from_log_snr(lam_t)
     xt = _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * jax.random.normal(k_n1, x0.shape)
-    diffusion = weight * jnp.sum(jnp.square(x0 - x0_fn(xt, t)), axis=axes)
     # decoder: discretized Gaussian around x0_hat(x_{t_min}) with scale sigma/alpha at t_min
     t1 = jnp.full((B,), t_min, jnp.float32)
     a, s_ = alpha_sigma(t1, cfg)
     x1 = q_sample(x0, t1, jax.random.normal(k_n2, x0.shape), cfg)
-    decoder = -jnp.sum(discretized_gaussian_log_likelihood(x0, x0_fn(x1, t1), _bcast(s_ / a, x0)), axis=axes)
+    # one denoiser call for both terms (one network in the compiled graph)
+    x0_t, x0_1 = jnp.split(x0_fn(jnp.concatenate([xt, x1]), jnp.concatenate([t.astype(jnp.float32), t1])), 2)
+    diffusion = weight * jnp.sum(jnp.square(x0 - x0_t), axis=axes)
+    decoder = -jnp.sum(discretized_gaussian_log_likelihood(x0, x0_1, _bcast(s_ / a, x0)), axis=axes)
     return {"prior": prior, "diffusion": diffusion, "decoder": decoder}
 
 
@@ -638,7 +642,7 @@ def bits_per_dim(params, batch, key, cfg: Config, timesteps: int | None = None) 
     conditional model is scored with the batch's labels, i.e. this bounds -log p(x | label).
     """
     x0 = quantize(batch["image"])
-    labels = jnp.asarray(batch["label"], jnp.int32) if cfg.num_classes else None
+    labels = jnp.tile(jnp.asarray(batch["label"], jnp.int32), 2) if cfg.num_classes else None
     terms = vlb_terms(model_x0_fn(params, cfg, labels), x0, key, cfg, timesteps)
     nats = terms["prior"] + terms["diffusion"] + terms["decoder"]
     return jnp.mean(nats) / (math.prod(cfg.image_shape) * math.log(2.0))

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from genjax.config import ConfigError
-from genjax.nn.attention import Block, Norm, normal, residual_std
+from genjax.nn.attention import Block, Norm, matmul, normal, residual_std
 
 FAMILY = "transformer"
 
@@ -47,7 +47,7 @@ class Config:
     bias: bool = False
     dropout: float = 0.0
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
-    attention: Literal["auto", "xla", "cudnn"] = "auto"  # auto: cuDNN on GPU in bfloat16, else XLA
+    attention: Literal["auto", "einsum", "xla", "cudnn"] = "auto"  # auto: cuDNN on GPU in bf16, else einsum
     rope_base: float = 10000.0
     remat: bool = False  # recompute each block's activations in the backward pass
     scan_layers: bool = True
@@ -176,9 +176,8 @@ class GPT(nn.Module):
 
     def logits(self, h):
         """Hidden states (..., D) -> float32 logits (..., V)."""
-        dt = self.cfg.compute_dtype
         w = self.wte.T if self.cfg.tie_embeddings else self.lm_head
-        return jnp.dot(h.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
+        return matmul(h, w, self.cfg.compute_dtype)
 
 
 def _check_vocab(cfg: Config):

@@ -4,8 +4,9 @@ self-attention with an explicit KV cache, MLPs and the pre-norm block.
 Parameters are float32; `dtype` is the compute dtype (bfloat16 casts weights and activations at each
 matmul, accumulating in float32). Norms and softmax always run in float32.
 
-Attention runs through `jax.nn.dot_product_attention`. Training uses `is_causal=True` with no mask, the
-shape cuDNN's flash attention takes (`implementation='cudnn'` on GPU in bfloat16). With a cache the
+Attention runs through `jax.nn.dot_product_attention` on GPU (training: `is_causal=True` with no mask,
+the shape cuDNN's flash attention takes, `implementation='cudnn'` in 16-bit) and through two einsums
+elsewhere (faster on XLA:CPU, see `einsum_attention`). With a cache the
 block writes this call's keys and values at `cache_index` (one index shared by the batch) and attends
 over the whole preallocated cache under a mask: key j is visible to a query at window position q when
 `start[b] <= j <= q`, so rows whose prompts were left-padded never see their padding.
@@ -27,6 +28,13 @@ def normal(std: float):
     return nn.initializers.normal(stddev=std)
 
 
+def matmul(x, w, dtype=jnp.float32):
+    """(..., K) @ (K, N) -> (..., N) float32, inputs cast to `dtype`. The leading axes are flattened first:
+    XLA:CPU runs a rank-2 dot (and its two backward dots) as one GEMM, ~1.5x faster than the 3-D form."""
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+    return y.reshape(*x.shape[:-1], w.shape[-1])
+
+
 class Dense(nn.Module):
     """y = x @ W (+ b): float32 params, matmul in `dtype` with float32 accumulation."""
 
@@ -38,7 +46,7 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", normal(self.std), (x.shape[-1], self.features), jnp.float32)
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+        y = matmul(x, kernel, self.dtype)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         return y.astype(self.dtype)
@@ -85,11 +93,36 @@ def cache_mask(start: jax.Array, cache_index: jax.Array, t: int, s: int) -> jax.
 
 
 def attention_impl(impl: str, dtype: Dtype) -> str:
-    """'auto' -> cuDNN flash attention on GPU in 16-bit, XLA elsewhere."""
+    """'auto' -> cuDNN flash attention on GPU in 16-bit, the einsum form elsewhere."""
     if impl != "auto":
         return impl
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
+    return "cudnn" if jax.default_backend() == "gpu" and half else "einsum"
+
+
+def einsum_attention(q, k, v, mask=None):
+    """Softmax attention as two einsums, scores and softmax in float32. q: (B, T, H, Dh), k and v:
+    (B, S, H, Dh), mask: bool broadcastable to (B, H, T, S) or None for causal (T == S).
+
+    On XLA:CPU its backward pass is ~4x faster than `jax.nn.dot_product_attention(implementation='xla')`,
+    whose vmapped batched dots fall off the fast GEMM path (measured on jax 0.10.2, 2-core Zen 4)."""
+    t, s = q.shape[1], k.shape[1]
+    if mask is None:
+        mask = jnp.tril(jnp.ones((t, s), bool))
+    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask, scores * (q.shape[-1] ** -0.5), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bshd->bthd", probs, v, preferred_element_type=jnp.float32).astype(q.dtype)
+
+
+def attention(q, k, v, mask=None, implementation: str = "einsum"):
+    """Causal (mask=None) or masked attention through `implementation`: 'einsum', or 'xla' / 'cudnn'
+    (`jax.nn.dot_product_attention`; cuDNN takes only the causal, unmasked 16-bit case)."""
+    if implementation == "einsum":
+        return einsum_attention(q, k, v, mask)
+    if mask is None:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
 
 
 class CausalSelfAttention(nn.Module):
@@ -110,17 +143,16 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.use_rope:
             q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
+        impl = attention_impl(self.implementation, self.dtype)
         if cache is None:
-            impl = attention_impl(self.implementation, self.dtype)
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+            y = attention(q, k, v, None, impl)
             new_cache = None
         else:
             zero = jnp.zeros((), jnp.int32)
             ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (zero, cache_index, zero, zero))
             cv = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (zero, cache_index, zero, zero))
             mask = cache_mask(start, cache_index, t, ck.shape[1])
-            y = jax.nn.dot_product_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask=mask,
-                                             implementation="xla")
+            y = attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, impl)
             new_cache = {"k": ck, "v": cv}
         y = y.reshape(b, t, d)
         y = Dense(d, self.use_bias, self.dtype, std=self.out_std, name="proj")(y)
