@@ -19,7 +19,7 @@ VOCAB = 37
 CFGS = {
     "learned": T.Config(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, d_model=32),
     "rope": T.Config(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, d_model=32, pos="rope",
-                     mlp="swiglu", norm="rmsnorm", tie_embeddings=False, bias=True, scan_layers=False),
+                     mlp="swiglu", norm="rmsnorm", tie_embeddings=False, bias=True, scan_layers=True),
 }
 
 
@@ -207,7 +207,7 @@ def test_step_on_8_devices_matches_1_device_then_overfits(devices8, device1):
         runs.append((state, step, mesh, jax.device_get((state.params, metrics))))
     chex.assert_trees_all_close(runs[0][3], runs[1][3], atol=1e-5, rtol=1e-5)
     # The 8-device run split the largest leaves over the fsdp axis.
-    assert runs[1][0].params["blocks"]["block"]["attn"]["qkv"]["kernel"].sharding.spec == jax.P(None, None, "fsdp")
+    assert runs[1][0].params["blocks"]["layer_0"]["block"]["attn"]["qkv"]["kernel"].sharding.spec == jax.P(None, "fsdp")
 
     state, step, mesh, _ = runs[0]
     for _ in range(150):

@@ -50,7 +50,9 @@ class Config:
     attention: Literal["auto", "einsum", "xla", "cudnn"] = "auto"  # auto: cuDNN on GPU in bf16, else einsum
     rope_base: float = 10000.0
     remat: bool = False  # recompute each block's activations in the backward pass
-    scan_layers: bool = True
+    # One nn.scan over stacked layers (compiles one block: use for deep models) or a Python loop of
+    # layers (faster steps and decoding on CPU, measured ~20% on the nanoGPT CPU config).
+    scan_layers: bool = False
 
     def validate(self):
         if self.vocab_size < 0:
@@ -91,7 +93,7 @@ SIZES: dict[str, dict[str, Any]] = {
     # nanoGPT's shakespeare_char: ~10.7M params at vocab 65.
     "shakespeare": dict(n_layer=6, n_head=6, d_model=384, block_size=256, dropout=0.2),
     # GPT-2 small (124M).
-    "gpt2": dict(n_layer=12, n_head=12, d_model=768, block_size=1024, vocab_size=50257),
+    "gpt2": dict(n_layer=12, n_head=12, d_model=768, block_size=1024, vocab_size=50257, scan_layers=True),
 }
 
 
@@ -124,6 +126,9 @@ class _Layer(nn.Module):
 
 
 class _Unrolled(nn.Module):
+    """The layers as a Python loop (params under layer_<i>); the cache is a tuple of per-layer dicts, so a
+    decode step updates each layer's buffers in place instead of slicing and restacking one array."""
+
     cfg: Config
     deterministic: bool
     layer: Any
@@ -132,11 +137,11 @@ class _Unrolled(nn.Module):
     def __call__(self, x, cache, positions, cache_index, start):
         caches = []
         for i in range(self.cfg.n_layer):
-            lc = None if cache is None else jax.tree.map(lambda a: a[i], cache)
-            x, nc = self.layer(self.cfg, self.deterministic, name=f"layer_{i}")(x, lc, positions, cache_index, start)
-            caches.append(nc)
-        new = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
-        return x, new
+            layer_cache = None if cache is None else cache[i]
+            x, new = self.layer(self.cfg, self.deterministic, name=f"layer_{i}")(
+                x, layer_cache, positions, cache_index, start)
+            caches.append(new)
+        return x, None if cache is None else tuple(caches)
 
 
 class GPT(nn.Module):
@@ -271,9 +276,14 @@ def evaluate(params, batch, cfg: Config):
 
 
 def init_cache(cfg: Config, batch: int):
-    """Zeroed keys and values for every layer: (n_layer, B, block_size, n_head, head_dim) each."""
-    shape = (cfg.n_layer, batch, cfg.block_size, cfg.n_head, cfg.d_model // cfg.n_head)
-    return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+    """Zeroed keys and values, (B, block_size, n_head, head_dim) per layer: one dict of arrays stacked
+    along a leading n_layer axis (scan_layers) or a tuple of per-layer dicts."""
+    shape = (batch, cfg.block_size, cfg.n_head, cfg.d_model // cfg.n_head)
+    if cfg.scan_layers:
+        shape = (cfg.n_layer, *shape)
+        return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+    return tuple({"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+                 for _ in range(cfg.n_layer))
 
 
 def _window_apply(params, cfg, tokens, cache, cache_index, start):
@@ -304,12 +314,9 @@ def decode_step(params, cache, tokens, cache_index, start, cfg: Config):
 # ----------------------------------------------------------------------------- sampling
 
 
-def sample_logits(key, logits, temperature=1.0, top_k=0, top_p=1.0, greedy=False):
-    """Next tokens (B,) from float32 logits (B, V). All options may be traced: top_k <= 0 and
-    top_p >= 1 switch those filters off; greedy or temperature <= 0 takes the argmax."""
-    best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    vocab = logits.shape[-1]
-    scaled = logits / jnp.maximum(temperature, 1e-6)
+def _filter_logits(scaled, top_k, top_p):
+    """-inf outside the top_k most likely tokens and outside the nucleus of mass top_p (one sort)."""
+    vocab = scaled.shape[-1]
     ranked = -jnp.sort(-scaled, axis=-1)  # descending
     rank = jnp.arange(vocab)
     k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
@@ -319,9 +326,21 @@ def sample_logits(key, logits, temperature=1.0, top_k=0, top_p=1.0, greedy=False
     keep = in_k & ((mass_before < top_p) | (top_p >= 1.0) | (rank == 0))
     count = jnp.sum(keep, axis=-1, keepdims=True)
     threshold = jnp.take_along_axis(ranked, count - 1, axis=-1)
-    filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
-    drawn = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
-    return jnp.where(greedy | (temperature <= 0), best, drawn)
+    return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+
+def sample_logits(key, logits, temperature=1.0, top_k=0, top_p=1.0, greedy=False):
+    """Next tokens (B,) from float32 logits (B, V). All options may be traced: top_k <= 0 and
+    top_p >= 1 switch those filters off (and skip the sort); greedy or temperature <= 0 takes the argmax."""
+    greedy = jnp.asarray(greedy) | (temperature <= 0)
+
+    def draw(logits):
+        scaled = logits / jnp.maximum(temperature, 1e-6)
+        filtered = jax.lax.cond((top_k > 0) | (top_p < 1.0), _filter_logits, lambda x, *_: x,
+                                scaled, top_k, top_p)
+        return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(greedy, lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32), draw, logits)
 
 
 def _bucket(n: int, minimum: int = 32) -> int:
@@ -333,8 +352,8 @@ def _generate(params, key, prompt, lengths, max_new, temperature, top_k, top_p, 
               cfg: Config, out_len: int):
     bsz, p = prompt.shape
     w = cfg.block_size
-    key = fast_key(key)
     slide = max(w // 2, 1)
+    key = fast_key(key)
 
     # Left-align every row (its last prompt token at column p - 1), then keep the last w columns.
     shift = p - lengths
@@ -343,45 +362,45 @@ def _generate(params, key, prompt, lengths, max_new, temperature, top_k, top_p, 
     if p > w:
         aligned = aligned[:, p - w:]
         shift = shift - (p - w)
-    window = jnp.zeros((bsz, w), jnp.int32).at[:, : min(p, w)].set(aligned)
+    filled = min(p, w)
+    window = jnp.zeros((bsz, w), jnp.int32).at[:, :filled].set(aligned)
     start = jnp.maximum(shift, 0).astype(jnp.int32)
-    cur = jnp.asarray(min(p, w), jnp.int32)  # filled window positions
+    h, cache = prefill(params, aligned, start, cfg)
+    logits = _head(params, cfg, h[:, filled - 1])
 
-    h, cache = prefill(params, window, start, cfg)
-    logits = _head(params, cfg, h[:, cur - 1])
+    # State: (i, cur, window, start, cache, logits, done, out, count). `logits` predict the token at
+    # window position `cur`; `i` tokens have been drawn.
+    def unfinished(state):
+        return (state[0] < max_new) & ~jnp.all(state[6])
 
-    def refill(window, start, cache, cur, tok):
-        # Window full: drop its oldest `slide` positions, append tok and prefill the rest again.
-        window = jnp.roll(window, -slide, axis=1)
-        start = jnp.maximum(start - slide, 0)
-        cur = jnp.asarray(w - slide, jnp.int32)
-        window = jax.lax.dynamic_update_slice(window, tok[:, None], (0, cur))
-        h, cache = prefill(params, window, start, cfg, cache)
-        return window, start, cache, cur + 1, _head(params, cfg, jax.lax.dynamic_index_in_dim(h, cur, 1, False))
-
-    def extend(window, start, cache, cur, tok):
-        window = jax.lax.dynamic_update_slice(window, tok[:, None], (0, cur))
-        logits, cache = decode_step(params, cache, tok, cur, start, cfg)
-        return window, start, cache, cur + 1, logits
-
-    def body(state):
+    def decode(state):
         i, cur, window, start, cache, logits, done, out, count = state
         tok = sample_logits(jax.random.fold_in(key, i), logits, temperature, top_k, top_p, greedy)
         tok = jnp.where(done, 0, tok)
         out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))
         count = count + (~done).astype(jnp.int32)
         done = done | (tok == stop_token)
-        window, start, cache, cur, logits = jax.lax.cond(
-            cur >= w, refill, extend, window, start, cache, cur, tok)
-        return i + 1, cur, window, start, cache, logits, done, out, count
+        window = jax.lax.dynamic_update_slice(window, tok[:, None], (0, cur))
+        logits, cache = decode_step(params, cache, tok, cur, start, cfg)
+        return i + 1, cur + 1, window, start, cache, logits, done, out, count
 
-    def cond(state):
-        i, done = state[0], state[6]
-        return (i < max_new) & ~jnp.all(done)
+    def decode_until_full(state):
+        return jax.lax.while_loop(lambda s: unfinished(s) & (s[1] < w), decode, state)
 
-    state = (jnp.zeros((), jnp.int32), cur, window, start, cache, logits, jnp.zeros((bsz,), bool),
-             jnp.zeros((bsz, out_len), jnp.int32), jnp.zeros((bsz,), jnp.int32))
-    state = jax.lax.while_loop(cond, body, state)
+    def slide_window(state):
+        # The window is full: drop its oldest `slide` positions and prefill the rest again.
+        i, cur, window, start, cache, logits, done, out, count = state
+        window = jnp.roll(window, -slide, axis=1)
+        start = jnp.maximum(start - slide, 0)
+        h, cache = prefill(params, window[:, : w - slide], start, cfg, cache)
+        logits = _head(params, cfg, h[:, w - slide - 1])
+        return i, jnp.asarray(w - slide, jnp.int32), window, start, cache, logits, done, out, count
+
+    state = (jnp.zeros((), jnp.int32), jnp.asarray(filled, jnp.int32), window, start, cache, logits,
+             jnp.zeros((bsz,), bool), jnp.zeros((bsz, out_len), jnp.int32), jnp.zeros((bsz,), jnp.int32))
+    state = decode_until_full(state)
+    if out_len > w - filled:  # only then can the window fill up (static)
+        state = jax.lax.while_loop(unfinished, lambda s: decode_until_full(slide_window(s)), state)
     return state[7], state[8]
 
 
