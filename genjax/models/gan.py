@@ -130,6 +130,21 @@ def optimizers(cfg: Config) -> tuple[optax.GradientTransformation, optax.Gradien
     return optax.adam(cfg.lr_g, cfg.b1, cfg.b2), optax.adam(cfg.lr_d, cfg.b1, cfg.b2)
 
 
+# TrainConfig fields the two-player step does not read (the model config holds the GAN's optimization).
+UNUSED_TRAIN_FIELDS = {"lr": "model.lr_g / model.lr_d", "b1": "model.b1", "b2": "model.b2",
+                       "schedule": None, "warmup_steps": None, "weight_decay": None, "grad_clip": None,
+                       "grad_accum": "model.n_disc or a smaller batch", "ema_decay": "model.ema_decay"}
+
+
+def check_train_config(train_cfg) -> None:
+    """Refuses a `genjax.train.TrainConfig` that sets a field the GAN step would silently ignore."""
+    default = type(train_cfg)()
+    for name, instead in UNUSED_TRAIN_FIELDS.items():
+        if getattr(train_cfg, name) != getattr(default, name):
+            raise ConfigError(f"train.{name} does not apply to the GAN's two-player step"
+                              + (f"; use {instead}" if instead else ""))
+
+
 # ----------------------------------------------------------------------------- params and state
 
 

@@ -4,13 +4,19 @@
     loss, metrics = loss(params, {'tokens': int32 (B, T + 1)}, key, cfg)
     tokens, lengths = generate(params, key, prompts, prompt_lengths, max_new_tokens, cfg, ...)
 
-The layers are one `nn.scan` over a stacked block (params carry a leading `n_layer` axis): one block is
-compiled, not `n_layer` copies. Generation is one compiled call: the prompt is prefilled once into a
-cache preallocated at `block_size`, then a `lax.while_loop` decodes one token per step; the number of
-new tokens and every sampling option are traced values, so changing them does not recompile (the output
-buffer is bucketed to a power of two). Prompts of different lengths share one batch: each row is
-left-aligned inside the window so the whole batch writes the cache at one index. A generation longer than
-the window slides it: when the cache is full the window drops its oldest half and is prefilled again.
+The layers are a Python loop (params under blocks/layer_<i>), or with `scan_layers=True` one `nn.scan`
+over a stacked block (params with a leading n_layer axis; compiles one block, for deep models).
+
+Generation is one compiled call: the prompt is prefilled once into a KV cache preallocated at
+`block_size`, then a `lax.while_loop` decodes one token per step. The number of new tokens and every
+sampling option are traced values, so changing them does not recompile (the output buffer is bucketed to
+a power of two, the prompt width to a power of two >= 8). Prompts of different lengths share one batch:
+each row is left-aligned inside the window, so the whole batch writes the cache at one index and a row's
+padding is masked out. A generation longer than the window slides it: when the cache is full, the window
+drops its oldest half and the rest is prefilled again (an outer loop around the decode loop).
+
+Randomness for init, dropout and sampling comes from `fast_key(key)`: an RngBitGenerator key derived from
+the caller's key, which XLA:CPU compiles several times faster than threefry.
 """
 
 from __future__ import annotations
@@ -199,7 +205,7 @@ def fast_key(key: jax.Array) -> jax.Array:
 
 
 def init(key: jax.Array, cfg: Config):
-    """Float32 parameters as a plain nested dict (blocks stacked along a leading n_layer axis)."""
+    """Float32 parameters as a plain nested dict (see the module docstring for the block layout)."""
     cfg.validate()
     _check_vocab(cfg)
     tokens = jnp.zeros((1, 1), jnp.int32)
@@ -214,7 +220,7 @@ def num_params(params, *, exclude_positions: bool = False) -> int:
     return n
 
 
-def flops_per_token(cfg: Config, seq_len: int | None = None, n_params: int | None = None) -> float:
+def flops_per_token(cfg: Config, seq_len: int | None = None) -> float:
     """Training FLOPs per token (forward + backward): 6 * non-embedding matmul params + attention,
     plus the LM head (PaLM appendix B / nanoGPT's estimate_mfu, counting the head explicitly)."""
     t = cfg.block_size if seq_len is None else seq_len
