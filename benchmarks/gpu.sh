@@ -10,10 +10,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 python3 -c "import jax; print(jax.__version__, jax.devices())" 2>&1 | tee -a "$OUT/gpu.txt"
 
 # 1. every family at its GPU size (+ sampling speed), MFU against the device table
-timeout 330 python3 -m benchmarks --size gpu --steps 20 --out "$OUT" --name bench 2>&1 | tee "$OUT/bench.log"
+timeout 290 python3 -m benchmarks --size gpu --steps 10 --out "$OUT" --name bench 2>&1 | tee "$OUT/bench.log"
 
 # 2. a real experiment end to end on the GPU (data, loop, checkpoints, metrics), timed
-timeout 150 python3 experiments/vae_digits.py --workdir /tmp/vae_gpu --train.steps 3000 2>&1 \
+timeout 100 python3 experiments/vae_digits.py --workdir /tmp/vae_gpu --train.steps 3000 2>&1 \
   | tail -n 3 | tee "$OUT/vae.log"
 cp /tmp/vae_gpu/summary.json "$OUT/vae_summary.json" 2>/dev/null || true
 echo "gpu.sh done"

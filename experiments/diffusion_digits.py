@@ -21,20 +21,26 @@ training images in the features of a frozen digits classifier (genjax.metrics, a
 next to a 10-component Gaussian mixture baseline and the test-set floor. Writes samples/*.png,
 metrics.jsonl, tb/, checkpoints/, summary.json into the workdir.
 
-Expected on 2 CPU cores: the default (a 0.18M-parameter U-Net, 3000 steps of 64) takes a few minutes;
-see the README's results table for measured numbers.
+Measured (default unconditional run, 0.18M-parameter U-Net, 3000 steps of 64, on 2 CPU cores shared
+with other jobs): 383 s wall (~0.1 s per step), held-out bound 4.77 bits/dim, Frechet distance 14.3 for
+1000 DPM-Solver++ samples at 20 steps (8 s to draw) against 17.2 for the 10-component Gaussian mixture
+and 11.7 for the test set itself. Another 1000 samples of the same model (the step-3000 eval) scored
+17.0: with 1000 samples the distance moves by a few units between draws. The step-2000 eval scored
+56.7, so longer training (--train.steps) should still help.
 
 tfds configs (one GPU; need tensorflow-datasets with the dataset prepared in --data_dir):
-    MNIST 28x28x1, 6.5M parameters (genjax.models.diffusion.mnist), ~1 h on one H100:
+    MNIST 28x28x1, 6.5M parameters (genjax.models.diffusion.mnist); not timed, but a smaller net than
+    CIFAR-10's below, so 50k steps take well under 30 minutes on one H200:
         --data mnist --model.num_classes 10 --model.channels 64 --model.channel_mults 1,2,2 \\
         --model.num_res_blocks 2 --model.attn_resolutions 14 --model.dropout 0.1 --model.num_groups 32 \\
         --train.steps 50000 --train.batch_size 128 --train.lr 2e-4 --train.warmup_steps 1000 \\
         --train.ema_decay 0.9995 --train.eval_every 5000 --num_quality_samples 10000
-    CIFAR-10 32x32x3, the DDPM model (35.7M parameters, genjax.models.diffusion.cifar10_ddpm; the paper
-    trains 800k steps of 128, ~1-2 days on one H100; bf16 compute roughly halves that):
+    CIFAR-10 32x32x3, the DDPM model (35.7M parameters, genjax.models.diffusion.cifar10_ddpm), 800k steps
+    of 128 as in the paper: measured 36 ms per step on one H200 (float32 and bfloat16 alike), ~8 hours;
+    256 DPM-Solver++ samples at 20 steps take 0.2 s:
         --data cifar10 --model.schedule linear --model.channels 128 --model.channel_mults 1,2,2,2 \\
         --model.num_res_blocks 2 --model.attn_resolutions 16 --model.dropout 0.1 --model.num_groups 32 \\
-        --model.dtype bfloat16 --train.steps 800000 --train.batch_size 128 --train.lr 2e-4 \\
+        --train.steps 800000 --train.batch_size 128 --train.lr 2e-4 \\
         --train.warmup_steps 5000 --train.grad_clip 1 --train.ema_decay 0.9999 --train.eval_every 50000 \\
         --train.sample_every 10000 --train.ckpt_every 10000 --num_quality_samples 10000
 """

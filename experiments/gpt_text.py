@@ -130,7 +130,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         "wall_seconds": timer.seconds(), "train_seconds": train_seconds,
         "steps": int(state.step), "devices": int(mesh.devices.size),
     }
-    text = sample_text(state, seed=config.train.steps)
+    text = sample_text(state, seed=config.train.steps + 1)
     if jax.process_index() == 0:
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
         with open(os.path.join(workdir, "samples", "final.txt"), "w", encoding="utf-8") as f:

@@ -174,6 +174,17 @@ def test_sampling_options():
     assert counts[0] <= 4
 
 
+def test_sample_and_sample_cli(tmp_path):
+    from genjax.data import text as text_data
+
+    cfg, params = CFGS["learned"], params_for("learned")
+    assert T.sample(params, jax.random.key(0), 2, cfg, length=5).shape == (2, 5)
+    alphabet = "abcdefghijklmnopqrstuvwxyz .,;:!?-'()\n"[:VOCAB]  # one symbol per vocabulary entry
+    text_data.save_tokenizer(text_data.CharTokenizer.train(alphabet), str(tmp_path))
+    out = T.sample_cli(str(tmp_path), params, cfg, prompt="to be", length=10, temperature=0.7, seed=1)
+    assert out.startswith("to be") and len(out) == 15 and set(out) <= set(alphabet)
+
+
 def test_sample_logits_filters():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 512))
     draw = jax.jit(lambda top_k, top_p: T.sample_logits(jax.random.key(0), logits, 1.0, top_k, top_p, False))
@@ -207,7 +218,7 @@ def test_step_on_8_devices_matches_1_device_then_overfits(devices8, device1):
         runs.append((state, step, mesh, jax.device_get((state.params, metrics))))
     chex.assert_trees_all_close(runs[0][3], runs[1][3], atol=1e-5, rtol=1e-5)
     # The 8-device run split the largest leaves over the fsdp axis.
-    assert runs[1][0].params["blocks"]["layer_0"]["block"]["attn"]["qkv"]["kernel"].sharding.spec == jax.P(None, "fsdp")
+    assert runs[1][0].params["blocks"]["layer_0"]["block"]["mlp"]["fc"]["kernel"].sharding.spec == jax.P(None, "fsdp")
 
     state, step, mesh, _ = runs[0]
     for _ in range(150):

@@ -100,8 +100,9 @@ def train_classifier(train: dict, test: dict, num_classes: int, seed: int = 0, s
 def feature_net(name: str, train: dict, test: dict, num_classes: int, seed: int = 0) -> FeatureNet:
     """The cached feature classifier for dataset `name`, trained on first use."""
     path = _cache_path(name, train["image"].shape[1:], seed)
-    template = Classifier(num_classes).init(jax.random.key(0), jnp.zeros((1, *train["image"].shape[1:])))["params"]
     if os.path.exists(path):
+        template = jax.eval_shape(Classifier(num_classes).init, jax.random.key(0),
+                                  jnp.zeros((1, *train["image"].shape[1:])))["params"]
         with open(path, "rb") as f:
             record = flax.serialization.msgpack_restore(f.read())
         params = flax.serialization.from_state_dict(template, record["params"])
