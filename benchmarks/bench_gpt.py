@@ -102,7 +102,7 @@ def worker(threads: int, quick: bool) -> dict:
                              grad_clip=1.0)
     tx = train.make_optimizer(tcfg)
     model_kw = {k: c[k] for k in ("n_layer", "n_head", "d_model", "block_size", "vocab_size")}
-    variants = {"genjax f32": {}, "genjax f32 unrolled": {"scan_layers": False},
+    variants = {"genjax f32": {}, "genjax f32 scan_layers": {"scan_layers": True},
                 "genjax bf16": {"dtype": "bfloat16"}}
     runners = {}
     for name, kw in variants.items():

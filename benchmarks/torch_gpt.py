@@ -84,8 +84,8 @@ def lr_at(step: int, peak: float, warmup: int, steps: int, end_fraction: float =
     return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_trainer(model: GPT, lr: float = 1e-3, warmup: int = 100, steps: int = 2000, weight_decay: float = 0.1,
-                 b2: float = 0.99, grad_clip: float = 1.0):
+def make_trainer(model: GPT, lr: float = 1e-3, warmup: int = 100, steps: int = 2000,
+                 weight_decay: float = 0.1, b2: float = 0.99, grad_clip: float = 1.0):
     """A train step (tokens (B, T + 1) int64 -> loss float) over AdamW + clipping + warmup/cosine."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, b2), eps=1e-8, weight_decay=weight_decay)
     state = {"step": 0}

@@ -68,14 +68,16 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     # ---- state and step
     init_key, state_key, sample_key = jax.random.split(jax.random.key(config.train.seed), 3)
     tx = train.make_optimizer(config.train)
-    state = train.init_state(state_key, transformer.init(init_key, model_cfg), tx, ema=config.train.ema_decay > 0)
+    params = transformer.init(init_key, model_cfg)
+    state = train.init_state(state_key, params, tx, ema=config.train.ema_decay > 0)
     step = train.make_step(functools.partial(transformer.loss, cfg=model_cfg), tx,
                            ema_decay=config.train.ema_decay, grad_accum=config.train.grad_accum)
 
     # ---- evaluation: summed NLL over fixed validation blocks, in batches of eval_batch rows
     blocks = text_data.eval_blocks(data.val, seq_len, config.eval_blocks or None)
     pad = -len(blocks) % config.eval_batch
-    weights = np.concatenate([np.ones((len(blocks), seq_len), np.float32), np.zeros((pad, seq_len), np.float32)])
+    weights = np.concatenate([np.ones((len(blocks), seq_len), np.float32),
+                              np.zeros((pad, seq_len), np.float32)])
     blocks = np.concatenate([blocks, np.zeros((pad, seq_len + 1), np.int32)])
     score = jax.jit(functools.partial(transformer.evaluate, cfg=model_cfg))
 
@@ -104,7 +106,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         text = sample_text(state, seed=step_no)
         if jax.process_index() == 0:
             os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-            with open(os.path.join(workdir, "samples", f"text_{step_no:06d}.txt"), "w", encoding="utf-8") as f:
+            path = os.path.join(workdir, "samples", f"text_{step_no:06d}.txt")
+            with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
             print(f"\n---- sample at step {step_no} ----\n{text}\n----", flush=True)
         return None

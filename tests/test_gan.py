@@ -245,7 +245,7 @@ def test_gan_digits_experiment_and_sample_cli(tmp_path, device1):
     from genjax import config as config_lib, log
     from experiments import gan_digits
 
-    overrides = {"train.steps": 2, "train.batch_size": 16, "train.log_every": 1, "train.eval_every": 1,
+    overrides = {"train.steps": 2, "train.batch_size": 16, "train.log_every": 1, "train.eval_every": 2,
                  "train.sample_every": 2, "train.ckpt_every": 1, "train.num_devices": 1,
                  "num_quality_samples": 64, "model.widths": "16,8", "model.latent_dim": 8,
                  "model.num_classes": 10, "baselines": "false"}

@@ -11,7 +11,8 @@ from genjax.config import ConfigError
 from genjax.data import text as T
 
 SAMPLE = (
-    "Plain ASCII, then accents: café, naïve, Zürich; Greek: λόγος; CJK: 漢字かな; emoji: 🙂🚀\n"
+    "Plain ASCII, then accents: café, naïve, Zürich; Greek: λόγος; "
+    "CJK: 漢字かな; emoji: 🙂🚀\n"
     "\ttabs,   runs of   spaces,\r\nWindows line ends, trailing space \n<|endoftext|> literally.\n"
 )
 

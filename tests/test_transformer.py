@@ -164,7 +164,8 @@ def test_sampling_options():
     assert not np.array_equal(sampled, greedy)
     # Stop token: row 0 stops at its 4th greedy token, the others at theirs or never.
     stop = int(greedy[0, 3])
-    out, counts = T.generate(params, jax.random.key(0), prompts, lengths, 12, cfg, greedy=True, stop_token=stop)
+    out, counts = T.generate(params, jax.random.key(0), prompts, lengths, 12, cfg, greedy=True,
+                             stop_token=stop)
     for b in range(2):
         hits = np.flatnonzero(np.asarray(greedy[b]) == stop)
         n = hits[0] + 1 if hits.size else 12
@@ -218,7 +219,8 @@ def test_step_on_8_devices_matches_1_device_then_overfits(devices8, device1):
         runs.append((state, step, mesh, jax.device_get((state.params, metrics))))
     chex.assert_trees_all_close(runs[0][3], runs[1][3], atol=1e-5, rtol=1e-5)
     # The 8-device run split the largest leaves over the fsdp axis.
-    assert runs[1][0].params["blocks"]["layer_0"]["block"]["mlp"]["fc"]["kernel"].sharding.spec == jax.P(None, "fsdp")
+    fc = runs[1][0].params["blocks"]["layer_0"]["block"]["mlp"]["fc"]["kernel"]
+    assert fc.sharding.spec == jax.P(None, "fsdp")
 
     state, step, mesh, _ = runs[0]
     for _ in range(150):

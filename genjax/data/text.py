@@ -53,7 +53,8 @@ def _read_utf8(path: str) -> str:
 def load_text(path: str) -> str:
     """The text of a UTF-8 file, or of every non-hidden file under a folder (sorted, newline-joined)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"text data {path!r} does not exist; pass a UTF-8 text file or a folder of them")
+        raise FileNotFoundError(
+            f"text data {path!r} does not exist; pass a UTF-8 text file or a folder of them")
     if os.path.isdir(path):
         files = []
         for root, dirs, names in os.walk(path):
@@ -77,7 +78,8 @@ def tfds_text(name: str = "tiny_shakespeare", split: str = "train", data_dir: st
     try:
         import tensorflow_datasets as tfds  # lazy: `import genjax` must not import it
     except ImportError as e:
-        raise ConfigError(f"data=tfds:{name} needs tensorflow-datasets: pip install tensorflow-datasets") from e
+        raise ConfigError(
+            f"data=tfds:{name} needs tensorflow-datasets: pip install tensorflow-datasets") from e
     source = tfds.data_source(name, split=split, data_dir=data_dir)
     n = len(source) if max_examples is None else min(len(source), max_examples)
     parts = []
@@ -265,7 +267,8 @@ def prepare(text: str, workdir: str, tokenizer: Literal["char", "bpe"] = "char",
     cut = int(len(text) * (1.0 - val_fraction))
     train_text, val_text = text[:cut], text[cut:]
     if len(val_text) < 2 or len(train_text) < 2:
-        raise ConfigError(f"text of {len(text)} characters is too short to split with val_fraction={val_fraction}")
+        raise ConfigError(
+            f"text of {len(text)} characters is too short to split with val_fraction={val_fraction}")
     tok = train_tokenizer(text, tokenizer, vocab_size)
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     os.makedirs(folder, exist_ok=True)

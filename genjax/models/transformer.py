@@ -275,7 +275,8 @@ def evaluate(params, batch, cfg: Config):
     weights = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    return {"nll_sum": jnp.sum(nll * weights), "count": jnp.sum(weights), "correct": jnp.sum(correct * weights)}
+    return {"nll_sum": jnp.sum(nll * weights), "count": jnp.sum(weights),
+            "correct": jnp.sum(correct * weights)}
 
 
 # ----------------------------------------------------------------------------- KV cache

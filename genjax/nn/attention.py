@@ -149,8 +149,9 @@ class CausalSelfAttention(nn.Module):
             new_cache = None
         else:
             zero = jnp.zeros((), jnp.int32)
-            ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (zero, cache_index, zero, zero))
-            cv = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (zero, cache_index, zero, zero))
+            at = (zero, cache_index, zero, zero)
+            ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
+            cv = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
             mask = cache_mask(start, cache_index, t, ck.shape[1])
             y = attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, impl)
             new_cache = {"k": ck, "v": cv}
