@@ -76,8 +76,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                 "modes_raw": raw["modes"], "hq_raw": raw["hq"]}
 
     def images(state):
-        return {"samples": histogram_image(np.asarray(gan.sample(generator(state), score_key, 10_000, model_cfg))),
-                "data": histogram_image(gan.ring_data(0, 10_000)[0])}
+        out = {"samples": histogram_image(np.asarray(gan.sample(generator(state), score_key, 10_000, model_cfg)))}
+        if int(jax.device_get(state.step)) <= config.train.sample_every:  # the data, once, for comparison
+            out["data"] = histogram_image(gan.ring_data(0, 10_000)[0])
+        return out
 
     hooks = (loop.Hook(config.train.eval_every, eval_hook),
              experiment.image_hook(workdir, config.train.sample_every, images))

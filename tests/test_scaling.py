@@ -84,10 +84,9 @@ def test_same_params_on_every_layout(family, devices8, monkeypatch):
     sharded = [x for x in jax.tree.leaves(results["fsdp 8"].params) if "fsdp" in str(x.sharding.spec)]
     assert sharded, "FSDP split no parameter"
     reference = jax.device_get(results["1 device"].params)
-    # Adam turns reduction-order noise in a near-zero gradient coordinate into up to a whole step
-    # (its update is ~lr * sign(g) early on); the GAN's adversarial gradients have many such
-    # coordinates, so its bound is a fraction of one step (lr 2e-4), the others' a float tolerance.
-    atol = 1e-4 if family == "gan" else 2e-5
+    # Float tolerance only. (The GAN once missed it by 30% of a gradient norm on 2 x 4: an XLA sharding
+    # propagation error on the generated images, fixed by parallel.constrain_to_batch in gan.generate.)
+    atol = 2e-5
     for name, state in results.items():
         chex.assert_trees_all_close(jax.device_get(state.params), reference, rtol=2e-4, atol=atol,
                                     custom_message=f"{family}: {name} differs from 1 device")

@@ -13,15 +13,22 @@ each on its own slice of the batch (so `batch_size` must divide by `n_disc`), th
 update on a batch of the same slice size; the discriminator's spectral-norm vectors advance once per D update.
 Losses: 'nonsat' (non-saturating logistic), 'hinge', 'wgan_gp' (critic + gradient penalty). An R1 penalty
 (r1_weight/2 * E||grad_x D(x_real)||^2) can be added to any of them, lazily every `r1_every` D updates with its
-weight scaled by `r1_every` (StyleGAN2). A step whose losses or gradients are not finite changes nothing but
-the step counter and reports `nonfinite=1`.
+weight scaled by `r1_every` (StyleGAN2; the `r1` metric averages in the zeros of updates without it). The
+generator's EMA warms up (decay min(ema_decay, (1+t)/(10+t))). A step whose losses or gradients are not finite
+changes nothing but the step counter and reports `nonfinite=1`. Optimization settings live in this Config
+(TTUR: lr_g, lr_d); `check_train_config` refuses the TrainConfig fields the step would ignore.
+
+XLA:CPU notes (jax 0.10.2, measured): a conv's weight gradient inside a lax.scan/while/cond body runs up to
+~80x slower than outside one, hence the unrolled D updates and no lax.cond when r1_every == 1; R1 and the
+WGAN gradient penalty (double backprop through convs) cost ~6x a plain D gradient on CPU.
 
 Batches: dcgan `{'image': float32 (B, H, W, C) in [0, 1], 'label': int32 (B,)}` (images are fed to D in
 [-1, 1]); mlp `{'x': float32 (B, data_dim), 'label': ...}`. Labels are read only when num_classes > 0; fakes
 of a conditional model take the labels of the real slice they are contrasted with.
 
-`sample(params, key, num, cfg, labels=None)` takes the generator's params (normally `state.ema_params`; a full
-two-player params dict also works) and returns images (num, H, W, C) in [0, 1], or points (num, data_dim).
+`sample(params, key, num, cfg, labels=None)` takes the generator's params (normally `state.ema_params`, which
+is what `python -m genjax.sample` passes; a full two-player params dict, as with --no-ema, also works) and
+returns images (num, H, W, C) in [0, 1], or points (num, data_dim).
 
 The toy problem -- a ring of 8 Gaussians -- lives here too: `ring_data`, `ring_batches`, `ring_score` and
 `RING` (the model config the ring experiment and test use).
@@ -39,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from genjax import parallel
 from genjax.config import ConfigError
 from genjax.nn import dcgan, spectral
 from genjax.train import TrainState, all_finite, guarded_update, step_key
@@ -190,8 +198,13 @@ def _init_state(key: jax.Array, cfg: Config) -> TrainState:
 
 
 def generate(g_params, z, labels, cfg: Config):
-    """Generator output in model space: images in [-1, 1] (dcgan) or raw points (mlp)."""
-    return generator(cfg).apply({"params": g_params}, z, labels if cfg.num_classes else None)
+    """Generator output in model space: images in [-1, 1] (dcgan) or raw points (mlp).
+
+    Pinned to the batch sharding inside a sharded step: left to XLA's propagation, the discriminator's
+    gradient on these images came out wrong on a 2 x 4 (data x fsdp) mesh (tests/test_scaling.py).
+    """
+    out = generator(cfg).apply({"params": g_params}, z, labels if cfg.num_classes else None)
+    return parallel.constrain_to_batch(out)
 
 
 def d_weights(disc: dict, cfg: Config, update: bool = False) -> tuple[Any, Any]:
