@@ -5,8 +5,6 @@ state and step a family gives. The FSDP threshold is lowered so these small test
 split (the default keeps leaves under 16k elements replicated).
 """
 
-import dataclasses
-import os
 import functools
 
 import chex
@@ -48,7 +46,7 @@ def diffusion_case(dtype="float32"):
 
 
 def gan_case(dtype="float32"):
-    cfg = gan.Config(widths=(32, 16), latent_dim=8, r1_weight=float(os.environ.get("R1","1.0")), r1_every=2, spectral_norm=os.environ.get("SN","1")=="1")
+    cfg = gan.Config(widths=(32, 16), latent_dim=8, r1_weight=1.0, r1_every=2, spectral_norm=True)
     return gan.init_state(jax.random.key(0), cfg), gan.make_step(cfg), _images()
 
 
