@@ -60,7 +60,7 @@ def test_cli_help_lists_every_option_and_rejects_unknown():
     out = subprocess.run(cmd + ["--help"], capture_output=True, text=True, check=True).stdout
     for key in config_lib.flatten(vae_digits.Config()):
         assert f"--{key}" in out
-    assert "default: 3000" in out  # train.steps
+    assert "default: 10000" in out  # train.steps
     bad = subprocess.run(cmd + ["--workdir", "/tmp/x", "--train.stepz", "3"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "--train.stepz" in bad.stderr and "--train.steps" in bad.stderr
