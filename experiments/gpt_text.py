@@ -6,10 +6,12 @@
 
 Default: 4 layers, 4 heads, 128 dims, context 64 (0.8M params), batch 12, AdamW (beta2 0.99, weight decay
 0.1) with 100 warmup steps and cosine decay to 1e-4, global-norm clipping at 1.0, 2000 steps: about
-two minutes on 2 CPU cores. The corpus is pydoc_data's English docs (~465k characters, shipped with
-Python), split 90/10 into train/validation by position. Logs validation loss, perplexity and bits per
-character, and a text sample every train.sample_every steps (also written to samples/). --data takes a
-UTF-8 file or folder, or tfds:tiny_shakespeare; --tokenizer bpe trains a byte-level BPE instead.
+3 minutes on 2 idle CPU cores (5.3 minutes measured on a loaded shared VM), ending at validation loss
+1.49 nats/char (perplexity 4.5, 2.16 bits per character). The corpus is pydoc_data's English docs
+(~465k characters, shipped with Python), split 90/10 into train/validation by position. Logs validation
+loss, perplexity and bits per character, and a text sample every train.sample_every steps (also written
+to samples/). --data takes a UTF-8 file or folder, or tfds:tiny_shakespeare; --tokenizer bpe trains a
+byte-level BPE instead.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import os
 from typing import Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from genjax import experiment, loop, parallel, train
