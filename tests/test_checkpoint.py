@@ -5,13 +5,14 @@ import os
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
 from genjax import parallel, train
 from genjax.checkpoint import CheckpointError, Checkpointer
 from genjax.config import ConfigError
-from genjax.loop import place_state
+from genjax.loop import compile_step, place_state
 
 
 def _state(width=64, seed=0):
@@ -50,7 +51,17 @@ def test_restore_across_device_counts(tmp_path, devices8):
         assert restored.params["dense"]["kernel"].sharding == shardings.params["dense"]["kernel"]
         chex.assert_trees_all_equal(jax.device_get(restored.params), jax.device_get(state8.params))
         chex.assert_trees_all_equal(jax.device_get(restored.opt_state), jax.device_get(state8.opt_state))
+        # and training continues on the new layout: one sharded step from the restored state
+        step = compile_step(train.make_step(_loss, optax.adam(1e-3)), shardings, mesh)
+        after, metrics = step(restored, parallel.global_batch({"x": np.ones((8, 64), np.float32)}, mesh))
+        assert int(after.step) == 8 and float(metrics["nonfinite"]) == 0.0
+        assert after.params["dense"]["kernel"].sharding == shardings.params["dense"]["kernel"]
     ckpt.close()
+
+
+def _loss(params, batch, key):
+    out = batch["x"] @ params["dense"]["kernel"] + params["dense"]["bias"]
+    return jnp.mean(out**2), {}
 
 
 def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path, capsys):
