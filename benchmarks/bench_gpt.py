@@ -34,6 +34,17 @@ ROOT = os.path.dirname(HERE)
 TRAIN = dict(n_layer=4, n_head=4, d_model=128, block_size=64, vocab_size=65, batch=12)
 
 
+def timed(fn, n=5):
+    """Median wall time of `fn()` over n calls, after one warm-up call."""
+    fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return median(ts)
+
+
 def median(xs):
     xs = sorted(xs)
     n = len(xs)
@@ -71,15 +82,6 @@ def worker(threads: int, quick: bool) -> dict:
     out: dict = {"threads": threads, "load_avg_start": os.getloadavg()[0]}
 
     # ---- matmul peak
-    def timed(fn, n=5):
-        fn()
-        ts = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return median(ts)
-
     size = 2048
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
@@ -262,15 +264,6 @@ def gpu(out_dir: str, quick: bool) -> dict:
     report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
               "backend": jax.default_backend()}
     print(report, flush=True)
-
-    def timed(fn, n=5):
-        fn()
-        ts = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return median(ts)
 
     dry = jax.default_backend() == "cpu"  # a smoke test of this function on CPU with toy sizes
     size = 512 if dry else 8192

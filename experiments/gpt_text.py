@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 from typing import Literal
 
 import jax
 import numpy as np
 
-from genjax import experiment, loop, parallel, train
+from genjax import experiment, loop, metrics, parallel, train
 from genjax.data import text as text_data
 from genjax.models import transformer
 
@@ -90,8 +89,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
             for k, v in jax.device_get(score(params, batch)).items():
                 totals[k] += float(v)
         nll = totals["nll_sum"] / totals["count"]
-        return {"loss": nll, "perplexity": math.exp(nll), "accuracy": totals["correct"] / totals["count"],
-                "bits_per_char": nll / (math.log(2.0) * data.chars_per_token)}
+        return {"loss": nll, "perplexity": metrics.perplexity(nll), "accuracy": totals["correct"] / totals["count"],
+                "bits_per_char": metrics.bits_per_char(nll, data.chars_per_token)}
 
     def sample_text(state, length=config.sample_length, seed=0):
         params = state.ema_params if state.ema_params is not None else state.params

@@ -145,9 +145,7 @@ def _replace_nested(cfg, nested: dict[str, Any]):
 
 
 def to_dict(cfg) -> dict[str, Any]:
-    return {
-        k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()
-    }
+    return dataclasses.asdict(cfg)
 
 
 def from_dict(cls, d: dict[str, Any]):

@@ -46,14 +46,6 @@ class MetricWriter:
             if self._tb is not None:
                 self._tb.add_scalar(f"{split}/{k}", v, int(step))
 
-    def image(self, step: int, name: str, grid: np.ndarray) -> None:
-        if self._tb is not None:
-            self._tb.add_image(name, grid, int(step), dataformats="HWC")
-
-    def text(self, step: int, name: str, text: str) -> None:
-        if self._tb is not None:
-            self._tb.add_text(name, text, int(step))
-
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()
