@@ -62,8 +62,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     mesh = parallel.mesh_for(config.train)
     parallel.check_batch_size(config.train.batch_size, mesh)
     seq_len = model_cfg.block_size
-    print(f"genjax: {len(corpus):,} characters -> {len(data.train):,} train / {len(data.val):,} val tokens "
-          f"({config.tokenizer}, vocab {tok.vocab_size})")
+    if jax.process_index() == 0:
+        print(f"genjax: {len(corpus):,} characters -> {len(data.train):,} train / {len(data.val):,} val "
+              f"tokens ({config.tokenizer}, vocab {tok.vocab_size})")
 
     # ---- state and step
     init_key, state_key, sample_key = jax.random.split(jax.random.key(config.train.seed), 3)
@@ -121,7 +122,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     # ---- train
     train_start = experiment.Timer()
     state = loop.run(state=state, step_fn=step, batches_from=batches_from, mesh=mesh, cfg=config.train,
-                     workdir=workdir, hooks=hooks)
+                     workdir=workdir, hooks=hooks, model_rules=transformer.MODEL_RULES)
     train_seconds = train_start.seconds()
 
     # ---- final evaluation and a sample
@@ -138,7 +139,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
         with open(os.path.join(workdir, "samples", "final.txt"), "w", encoding="utf-8") as f:
             f.write(text)
-    print(f"---- final sample ----\n{text}\n----")
+        print(f"---- final sample ----\n{text}\n----")
     experiment.write_summary(workdir, summary)
     return summary
 

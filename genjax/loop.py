@@ -92,14 +92,14 @@ def compile_step(step_fn, state_sharding, mesh):
     return call
 
 
-def place_state(state: TrainState, mesh) -> tuple[TrainState, Any]:
+def place_state(state: TrainState, mesh, model_rules=None) -> tuple[TrainState, Any]:
     """Puts a state on the mesh with its (FSDP or replicated) shardings; returns (state, shardings).
 
     Each process holds the same full state (built from the same seed) and contributes the shards of
     its own devices, so this works across hosts; the copy also keeps the caller's buffers safe from the
     step's donation.
     """
-    shardings = parallel.state_sharding(state, mesh)
+    shardings = parallel.state_sharding(state, mesh, model_rules)
 
     def place(x, sharding):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -124,10 +124,14 @@ def run(
     workdir: str,
     hooks: tuple[Hook, ...] = (),
     progress: bool = True,
+    model_rules=None,
 ) -> TrainState:
-    """Trains `state` to `cfg.steps` steps, resuming from `workdir/checkpoints` if it holds one."""
+    """Trains `state` to `cfg.steps` steps, resuming from `workdir/checkpoints` if it holds one.
+
+    `model_rules` (parameter path suffix -> dimension) are the family's tensor-parallel hints for a
+    mesh with a `model` axis (`parallel.state_sharding`)."""
     parallel.check_batch_size(cfg.batch_size, mesh)
-    state, shardings = place_state(state, mesh)
+    state, shardings = place_state(state, mesh, model_rules)
     checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=cfg.keep_checkpoints)
     restored = checkpointer.restore(state, shardings)
     if restored is not None:

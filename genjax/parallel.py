@@ -1,10 +1,12 @@
 """Devices, mesh and shardings: the same compiled step runs on 1 CPU, 8 GPUs or many hosts.
 
-The mesh has two axes, `data` and `fsdp`. The batch is split over both (every device sees different
-examples); parameters, optimizer state and EMA are split over `fsdp` (each large leaf along its
-largest divisible dimension) and replicated over `data`. With fsdp=1 this is plain data parallelism.
-Multi-host runs call `initialize_distributed()` first; each host then feeds only its slice of the
-global batch through `global_batch`.
+The mesh has three axes, `data`, `fsdp` and `model`. The batch is split over `data` and `fsdp` (every
+device of a `model` group sees the same examples); parameters, optimizer state and EMA are split over
+`fsdp` (each large leaf along its largest divisible dimension) and replicated over `data`. A family may
+name, per parameter, one dimension to split over `model` (tensor parallelism: the transformer splits
+attention heads and the MLP's hidden units, Megatron-style); jit's sharding propagation does the rest.
+With fsdp = model = 1 this is plain data parallelism. Multi-host runs call `initialize_distributed()`
+first; each host then feeds only its slice of the global batch through `global_batch`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -20,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from genjax.config import ConfigError
 
+AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ FSDP_MIN_SIZE = 2**14
 
 def mesh_for(cfg) -> Mesh:
     """The mesh a TrainConfig asks for."""
-    return make_mesh(cfg.fsdp, num_devices=cfg.num_devices)
+    return make_mesh(cfg.fsdp, num_devices=cfg.num_devices, model=cfg.model_parallel)
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
@@ -45,22 +48,25 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                                process_id=process_id)
 
 
-def make_mesh(fsdp: int = 1, devices=None, num_devices: int = 0) -> Mesh:
-    """A (data, fsdp) mesh over `devices` (default: all, or the first `num_devices`); data = n // fsdp."""
+def make_mesh(fsdp: int = 1, devices=None, num_devices: int = 0, model: int = 1) -> Mesh:
+    """A (data, fsdp, model) mesh over `devices` (default: all, or the first `num_devices`);
+    data = n // (fsdp * model)."""
     devices = list(jax.devices() if devices is None else devices)
     if num_devices:
         if num_devices > len(devices):
             raise ConfigError(f"train.num_devices={num_devices} but only {len(devices)} devices exist")
         devices = devices[:num_devices]
-    if fsdp < 1 or len(devices) % fsdp:
-        raise ConfigError(
-            f"train.fsdp={fsdp} does not divide the {len(devices)} available devices; "
-            f"use a divisor of {len(devices)}"
-        )
-    grid = np.asarray(devices).reshape(len(devices) // fsdp, fsdp)
+    for name, size in (("fsdp", fsdp), ("model_parallel", model)):
+        if size < 1 or len(devices) % size:
+            raise ConfigError(f"train.{name}={size} does not divide the {len(devices)} available devices; "
+                              f"use a divisor of {len(devices)}")
+    if len(devices) % (fsdp * model):
+        raise ConfigError(f"train.fsdp * train.model_parallel = {fsdp * model} does not divide the "
+                          f"{len(devices)} available devices")
+    grid = np.asarray(devices).reshape(len(devices) // (fsdp * model), fsdp, model)
     # Auto axes: jit propagates shardings from the in/out annotations (Explicit axes would make every
     # intermediate's sharding part of its type, which the families' code does not need).
-    return Mesh(grid, BATCH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    return Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -68,45 +74,64 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over every device of the mesh."""
+    """Leading (batch) axis split over `data` and `fsdp` (replicated over `model`)."""
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, what: str = "train.batch_size") -> None:
-    n = mesh.devices.size
+    n = mesh.shape["data"] * mesh.shape["fsdp"]
     if global_batch % n:
         raise ConfigError(
-            f"{what}={global_batch} does not divide over the {n} devices of the mesh; "
+            f"{what}={global_batch} does not divide over the {n} batch shards (data x fsdp) of the mesh; "
             f"use a multiple of {n} (e.g. {max(n, global_batch // n * n)})"
         )
     if global_batch % jax.process_count():
         raise ConfigError(f"{what}={global_batch} does not divide over {jax.process_count()} hosts")
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
-    """Shard the largest dimension that `fsdp` divides; replicate small or indivisible leaves."""
-    if fsdp == 1 or math.prod(shape) < FSDP_MIN_SIZE:
-        return P()
-    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
-        if shape[dim] % fsdp == 0:
-            spec = [None] * len(shape)
-            spec[dim] = "fsdp"
-            return P(*spec)
-    log.info("fsdp: replicating a leaf of shape %s: no dimension divides by %d", shape, fsdp)
-    return P()
+def param_spec(shape: tuple[int, ...], fsdp: int, model: int = 1, model_dim: int | None = None) -> P:
+    """Split `model_dim` (if given and divisible) over `model`, then the largest remaining dimension
+    that `fsdp` divides over `fsdp`; small or indivisible leaves stay replicated."""
+    spec: list = [None] * len(shape)
+    if model > 1 and model_dim is not None:
+        dim = model_dim % len(shape)
+        if shape[dim] % model == 0:
+            spec[dim] = "model"
+        else:
+            log.info("model: replicating dim %d of a leaf of shape %s: not divisible by %d", dim, shape, model)
+    if fsdp > 1 and math.prod(shape) >= FSDP_MIN_SIZE:
+        free = [d for d in range(len(shape)) if spec[d] is None and shape[d] % fsdp == 0]
+        if free:
+            spec[max(free, key=lambda d: shape[d])] = "fsdp"
+        else:
+            log.info("fsdp: replicating a leaf of shape %s: no free dimension divides by %d", shape, fsdp)
+    return P(*spec)
 
 
-def state_sharding(state: Any, mesh: Mesh) -> Any:
-    """A NamedSharding per leaf of `state` (concrete or abstract): FSDP-split where it pays."""
-    fsdp = mesh.shape["fsdp"]
+def _model_dim(path: str, rules: Mapping[str, int]) -> int | None:
+    for suffix, dim in rules.items():
+        if path == suffix or path.endswith("/" + suffix):
+            return dim
+    return None
 
-    def leaf(x):
-        shape = getattr(x, "shape", ())
-        if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+
+def state_sharding(state: Any, mesh: Mesh, model_rules: Mapping[str, int] | None = None) -> Any:
+    """A NamedSharding per leaf of `state` (concrete or abstract): FSDP-split where it pays.
+
+    `model_rules` maps a parameter's path suffix ('attn/qkv/kernel') to the dimension (negative counts
+    from the end, so layer-stacked leaves match too) to split over the mesh's `model` axis; it applies
+    to the params, their optimizer moments and EMA alike, all of which end in the same path.
+    """
+    fsdp, model = mesh.shape["fsdp"], mesh.shape.get("model", 1)
+
+    def leaf(path, x):
+        shape = tuple(getattr(x, "shape", ()))
+        if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key) or not shape:
             return replicated(mesh)
-        return NamedSharding(mesh, fsdp_spec(tuple(shape), fsdp))
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        return NamedSharding(mesh, param_spec(shape, fsdp, model, _model_dim(name, model_rules or {})))
 
-    return jax.tree.map(leaf, state)
+    return jax.tree_util.tree_map_with_path(leaf, state)
 
 
 def constrain_to_batch(x: jax.Array) -> jax.Array:

@@ -34,8 +34,9 @@ class TrainConfig:
     grad_accum: int = 1  # microbatches per step, accumulated inside the compiled step
     ema_decay: float = 0.0  # 0 turns EMA off
     seed: int = 0
-    fsdp: int = 1  # devices per model shard (the mesh's `fsdp` axis); the rest form `data`
-    num_devices: int = 0  # devices to use (0 = all); the mesh is (num_devices // fsdp, fsdp)
+    fsdp: int = 1  # devices per parameter shard (the mesh's `fsdp` axis); the rest form `data`
+    model_parallel: int = 1  # tensor-parallel ways (the `model` axis), for models that name split dims
+    num_devices: int = 0  # devices to use (0 = all); the mesh is (rest, fsdp, model_parallel)
     log_every: int = 50
     eval_every: int = 500
     sample_every: int = 500
@@ -47,7 +48,8 @@ class TrainConfig:
     def validate(self):
         from genjax.config import ConfigError
 
-        for name in ("steps", "batch_size", "grad_accum", "fsdp", "log_every", "keep_checkpoints"):
+        for name in ("steps", "batch_size", "grad_accum", "fsdp", "model_parallel", "log_every",
+                     "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
         if self.batch_size % self.grad_accum:

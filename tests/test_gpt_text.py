@@ -3,9 +3,10 @@
 import subprocess
 import sys
 
+import chex
 import numpy as np
 
-from genjax import config as config_lib, log
+from genjax import checkpoint, config as config_lib, log, parallel
 from experiments import gpt_text
 
 
@@ -23,3 +24,29 @@ def test_gpt_text_one_step_and_sample_cli(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.startswith("The")
+
+
+def test_restore_on_other_device_counts_and_continue(tmp_path, devices8, monkeypatch):
+    """Train on 8 devices (FSDP), continue on 1, then on 4 (fsdp 2 x model 2): same params as 1 device
+    throughout. The checkpoint is restored with each new mesh's shardings."""
+    monkeypatch.setattr(parallel, "FSDP_MIN_SIZE", 256)  # so that the tiny model is really split
+
+    def run(workdir, steps, **layout):
+        cfg = config_lib.override(gpt_text.Config(), {
+            "train.steps": str(steps), "train.batch_size": "8", "train.schedule": "constant",
+            "train.warmup_steps": "0", "train.log_every": "2", "train.ckpt_every": "4",
+            "train.eval_every": "100", "train.sample_every": "100", "eval_blocks": "8", "sample_length": "4",
+            "model.n_layer": "1", "model.d_model": "32", "model.n_head": "2",
+            **{f"train.{k}": str(v) for k, v in layout.items()}})
+        return gpt_text.train_and_evaluate(cfg, str(tmp_path / workdir))
+
+    assert run("chain", 4, num_devices=8, fsdp=8)["devices"] == 8
+    assert run("chain", 8, num_devices=1)["devices"] == 1
+    assert run("chain", 12, num_devices=4, fsdp=2, model_parallel=2)["devices"] == 4
+    run("straight", 12, num_devices=1)
+    steps = [r["step"] for r in log.read_metrics(str(tmp_path / "chain"), "train")]
+    assert steps == [2, 4, 6, 8, 10, 12]  # each run resumed where the previous one stopped
+    chain = checkpoint.restore_raw(str(tmp_path / "chain" / "checkpoints"))
+    straight = checkpoint.restore_raw(str(tmp_path / "straight" / "checkpoints"))
+    assert chain[0] == straight[0] == 12
+    chex.assert_trees_all_close(chain[1]["params"], straight[1]["params"], rtol=1e-4, atol=1e-6)

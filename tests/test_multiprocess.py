@@ -1,7 +1,9 @@
 """Two local processes through jax.distributed (gloo on CPU) train like one process with as many devices.
 
 Each process gets 2 CPU devices and feeds only its half of every batch; the result must match a
-1-process run on 4 devices. Workers are killed with SIGKILL if they hang (stuck collectives ignore
+1-process run on 4 devices: the VAE under data parallelism, the transformer (gpt_text on Python's docs)
+with its heads and MLP split over a `model` axis inside each process (data 2 x model 2) against plain
+data parallelism on one process. Workers are killed with SIGKILL if they hang (stuck collectives ignore
 SIGTERM), so a failure of either process fails the test instead of stalling CI.
 """
 
@@ -15,9 +17,17 @@ import pytest
 
 from genjax import checkpoint
 
-ARGS = ["--train.steps", "20", "--train.batch_size", "16", "--train.log_every", "5", "--train.ckpt_every", "10",
+VAE_ARGS = ["--train.steps", "20", "--train.batch_size", "16", "--train.log_every", "5", "--train.ckpt_every", "10",
         "--train.eval_every", "1000", "--train.sample_every", "1000", "--eval_iwae_k", "2",
         "--num_quality_samples", "64", "--model.hidden", "32", "--model.latent_dim", "4"]
+GPT_ARGS = ["--train.steps", "20", "--train.batch_size", "8", "--train.log_every", "5", "--train.ckpt_every", "10",
+            "--train.eval_every", "1000", "--train.sample_every", "1000", "--eval_blocks", "16",
+            "--sample_length", "8", "--model.n_layer", "2", "--model.n_head", "2", "--model.d_model", "32",
+            "--model.block_size", "32"]
+CASES = {  # experiment: (args of both runs, extra args of the 2-process run, its mesh as printed)
+    "vae_digits": (VAE_ARGS, [], "'data': 4, 'fsdp': 1, 'model': 1"),
+    "gpt_text": (GPT_ARGS, ["--train.model_parallel", "2"], "'data': 2, 'fsdp': 1, 'model': 2"),
+}
 TIMEOUT = 300
 
 
@@ -47,20 +57,23 @@ def _wait_all(procs):
     return outs
 
 
-def test_two_processes_match_one_process_with_four_devices(tmp_path):
-    cmd = [sys.executable, "experiments/vae_digits.py", *ARGS]
+@pytest.mark.parametrize("experiment", sorted(CASES))
+def test_two_processes_match_one_process_with_four_devices(experiment, tmp_path):
+    args, multi_args, multi_mesh = CASES[experiment]
+    cmd = [sys.executable, f"experiments/{experiment}.py", *args]
     single = subprocess.Popen(cmd + ["--workdir", str(tmp_path / "single")], env=_env(4),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_all([single])
     port = _free_port()
     workers = [
-        subprocess.Popen(cmd + ["--workdir", str(tmp_path / "multi"), "--coordinator", f"127.0.0.1:{port}",
-                                "--num_processes", "2", "--process_id", str(i)],
+        subprocess.Popen(cmd + multi_args + ["--workdir", str(tmp_path / "multi"),
+                                             "--coordinator", f"127.0.0.1:{port}",
+                                             "--num_processes", "2", "--process_id", str(i)],
                          env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)
     ]
     outs = _wait_all(workers)
-    assert "'data': 4" in outs[0][0]  # process 0 reports the global 4-device mesh
+    assert multi_mesh in outs[0][0]  # process 0 reports the global 4-device mesh
     assert "genjax:" not in outs[1][0]  # and only process 0 prints
     a = checkpoint.restore_raw(str(tmp_path / "single" / "checkpoints"))
     b = checkpoint.restore_raw(str(tmp_path / "multi" / "checkpoints"))

@@ -1,4 +1,5 @@
-"""Every family under data parallel (8), FSDP (8), data x fsdp (2 x 4) and 1 device: same params.
+"""Every family under data parallel (8), FSDP (8), data x fsdp (2 x 4) and 1 device: same params;
+the transformer also under tensor parallelism (a `model` axis, alone and with data and fsdp).
 
 No family has sharding code of its own: the loop's `place_state` / `compile_step` shard whatever
 state and step a family gives. The FSDP threshold is lowered so these small test models really are
@@ -15,6 +16,7 @@ import optax
 import pytest
 
 from genjax import parallel, train
+from genjax.config import ConfigError
 from genjax.loop import compile_step, place_state
 from genjax.models import diffusion, gan, transformer, vae
 
@@ -50,8 +52,9 @@ def gan_case(dtype="float32"):
     return gan.init_state(jax.random.key(0), cfg), gan.make_step(cfg), _images()
 
 
-def transformer_case(dtype="float32"):
-    cfg = transformer.Config(vocab_size=64, block_size=16, n_layer=2, n_head=2, d_model=32, dtype=dtype)
+def transformer_case(dtype="float32", **options):
+    cfg = transformer.Config(vocab_size=64, block_size=16, n_layer=2, n_head=2, d_model=32, dtype=dtype,
+                             **options)
     tokens = np.random.default_rng(0).integers(0, 64, (BATCH, 17)).astype(np.int32)
     return _plain(transformer, cfg, {"tokens": tokens})
 
@@ -59,9 +62,9 @@ def transformer_case(dtype="float32"):
 CASES = {"vae": vae_case, "diffusion": diffusion_case, "gan": gan_case, "transformer": transformer_case}
 
 
-def _train(case, mesh):
+def _train(case, mesh, model_rules=None):
     state, step, batch = case()
-    state, shardings = place_state(state, mesh)
+    state, shardings = place_state(state, mesh, model_rules)
     compiled = compile_step(step, shardings, mesh)
     for _ in range(STEPS):
         state, metrics = compiled(state, parallel.global_batch(batch, mesh))
@@ -88,6 +91,33 @@ def test_same_params_on_every_layout(family, devices8, monkeypatch):
     for name, state in results.items():
         chex.assert_trees_all_close(jax.device_get(state.params), reference, rtol=2e-4, atol=atol,
                                     custom_message=f"{family}: {name} differs from 1 device")
+
+
+@pytest.mark.parametrize("options", [{}, {"mlp": "swiglu", "pos": "rope", "bias": True, "scan_layers": True}],
+                         ids=["gelu", "swiglu-rope-bias-scan"])
+def test_transformer_tensor_parallel(options, devices8, monkeypatch):
+    monkeypatch.setattr(parallel, "FSDP_MIN_SIZE", 256)
+    case = functools.partial(transformer_case, **options)
+    reference = jax.device_get(_train(case, parallel.make_mesh(1, devices=devices8[:1])).params)
+    for fsdp, model in ((1, 2), (2, 2)):
+        state = _train(case, parallel.make_mesh(fsdp, model=model), transformer.MODEL_RULES)
+        specs = {jax.tree_util.keystr(p, simple=True, separator="/"): x.sharding.spec
+                 for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
+        qkv = next(spec for name, spec in specs.items() if name.endswith("attn/qkv/kernel"))
+        proj = next(spec for name, spec in specs.items() if name.endswith("mlp/proj/kernel"))
+        assert qkv[-1] == "model" and proj[-2] == "model", specs
+        # Adam's moments follow their parameters.
+        mu = [x for x in jax.tree.leaves(state.opt_state) if getattr(x, "ndim", 0) and "model" in str(x.sharding.spec)]
+        assert mu
+        chex.assert_trees_all_close(jax.device_get(state.params), reference, rtol=2e-4, atol=2e-5,
+                                    custom_message=f"data x fsdp {fsdp} x model {model} differs from 1 device")
+
+
+def test_mesh_rejects_model_axis_that_does_not_divide(devices8):
+    with pytest.raises(ConfigError, match="model_parallel=3"):
+        parallel.make_mesh(1, model=3)
+    with pytest.raises(ConfigError, match="fsdp \\* train.model_parallel = 16"):
+        parallel.make_mesh(4, model=4)
 
 
 def test_fsdp_really_shards_large_leaves(devices8):

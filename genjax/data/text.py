@@ -208,7 +208,7 @@ def train_tokenizer(text: str, kind: Literal["char", "bpe"] = "char", vocab_size
 def save_tokenizer(tok: Tokenizer, workdir: str) -> str:
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, TOKENIZER_FILE)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # processes sharing a workdir each write whole files, then rename
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(tok.to_json(), f, ensure_ascii=False)
     os.replace(tmp, path)
@@ -276,15 +276,16 @@ def prepare(text: str, workdir: str, tokenizer: Literal["char", "bpe"] = "char",
     for name, part in (("train", train_text), ("val", val_text)):
         ids = tok.encode(part).astype(dtype)
         counts[name] = int(ids.size)
-        tmp = os.path.join(folder, f"{name}.tmp.npy")
+        tmp = os.path.join(folder, f"{name}.{os.getpid()}.tmp.npy")  # hosts sharing a disk write alike
         np.save(tmp, ids)
         os.replace(tmp, os.path.join(folder, f"{name}.npy"))
     save_tokenizer(tok, workdir)
     meta = {"settings": settings, "tokens": counts, "vocab_size": tok.vocab_size,
             "chars": {"train": len(train_text), "val": len(val_text)}}
-    with open(meta_path + ".tmp", "w") as f:
+    tmp = f"{meta_path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
         json.dump(meta, f, indent=2)
-    os.replace(meta_path + ".tmp", meta_path)
+    os.replace(tmp, meta_path)
     return _open(workdir, meta)
 
 

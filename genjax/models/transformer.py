@@ -15,6 +15,10 @@ each row is left-aligned inside the window, so the whole batch writes the cache 
 padding is masked out. A generation longer than the window slides it: when the cache is full, the window
 drops its oldest half and the rest is prefilled again (an outer loop around the decode loop).
 
+Tensor parallelism: `MODEL_RULES` names, per parameter, the dimension a mesh's `model` axis splits
+(attention by heads, the MLP by hidden units, the output projections by their input rows: Megatron's
+layout, one all-reduce per branch); pass it to `loop.run(model_rules=...)` with train.model_parallel > 1.
+
 Randomness for init, dropout and sampling comes from `fast_key(key)`: an RngBitGenerator key derived from
 the caller's key, which XLA:CPU compiles several times faster than threefry.
 """
@@ -36,6 +40,12 @@ from genjax.config import ConfigError
 from genjax.nn.attention import Block, Norm, matmul, normal, residual_std
 
 FAMILY = "transformer"
+
+# Dimension of each parameter split over the mesh's `model` axis (negative: also right for the stacked
+# leaves of scan_layers). The qkv columns are head-major and the SwiGLU fc columns interleave gate and
+# up (genjax.nn.attention), so a contiguous split keeps whole heads and whole hidden units together.
+MODEL_RULES = {"attn/qkv/kernel": -1, "attn/qkv/bias": -1, "attn/proj/kernel": -2,
+               "mlp/fc/kernel": -1, "mlp/fc/bias": -1, "mlp/proj/kernel": -2}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -175,8 +175,10 @@ class MLP(nn.Module):
         if self.kind == "gelu":
             hdn = nn.gelu(Dense(self.d_ff, self.use_bias, self.dtype, name="fc")(x), approximate=True)
         else:
+            # Columns interleave (gate, up) per hidden unit, so a tensor-parallel split keeps pairs.
             gate_up = Dense(2 * self.d_ff, self.use_bias, self.dtype, name="fc")(x)
-            gate, up = jnp.split(gate_up, 2, axis=-1)
+            gate_up = gate_up.reshape(*gate_up.shape[:-1], self.d_ff, 2)
+            gate, up = gate_up[..., 0], gate_up[..., 1]
             hdn = nn.silu(gate) * up
         y = Dense(d, self.use_bias, self.dtype, std=self.out_std, name="proj")(hdn)
         return nn.Dropout(self.dropout)(y, deterministic=deterministic)
