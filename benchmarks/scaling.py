@@ -1,4 +1,5 @@
-"""Step time of every family under 1, 2, 4 and 8 simulated CPU devices (data parallel and FSDP).
+"""Step time of every family under 1, 2, 4 and 8 simulated CPU devices (data parallel and FSDP; the
+transformer also with its heads and MLP split over a 2-way `model` axis).
 
     python -m benchmarks.scaling [--only vae] [--steps 10] [--out benchmarks/results]
 
@@ -23,11 +24,13 @@ import jax, jax.numpy as jnp
 from benchmarks import suite
 from genjax import parallel
 from genjax.loop import compile_step, place_state
-family, fsdp, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+family, fsdp, model, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 case = suite.CASES[family]("cpu")
-mesh = parallel.make_mesh(fsdp)
-batch = {k: v[: (len(v) // jax.device_count()) * jax.device_count()] for k, v in case.batch.items()}
-state, shardings = place_state(case.state, mesh)
+mesh = parallel.make_mesh(fsdp, model=model)
+shards = jax.device_count() // model
+batch = {k: v[: (len(v) // shards) * shards] for k, v in case.batch.items()}
+rules = suite.family(family).MODEL_RULES if model > 1 else None
+state, shardings = place_state(case.state, mesh, rules)
 step = compile_step(case.step, shardings, mesh)
 gbatch = parallel.global_batch(batch, mesh)
 t0 = time.perf_counter()
@@ -40,19 +43,20 @@ for _ in range(steps):
     state, m = step(state, gbatch)
     jax.block_until_ready(m)  # also keeps simulated-device collectives from piling up
     times.append(time.perf_counter() - t0)
-print(json.dumps({"family": family, "devices": jax.device_count(), "fsdp": fsdp,
+print(json.dumps({"family": family, "devices": jax.device_count(), "fsdp": fsdp, "model": model,
                   "step_s_median": statistics.median(times), "compile_s": compile_s}))
 """
 
 
-def run(family: str, devices: int, fsdp: int, steps: int) -> dict:
+def run(family: str, devices: int, fsdp: int, model: int, steps: int) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    out = subprocess.run([sys.executable, "-c", WORKER, family, str(fsdp), str(steps)], env=env,
+    out = subprocess.run([sys.executable, "-c", WORKER, family, str(fsdp), str(model), str(steps)],
+                         env=env,
                          capture_output=True, text=True, timeout=900,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if out.returncode:
-        return {"family": family, "devices": devices, "fsdp": fsdp, "error": out.stderr[-500:]}
+        return {"family": family, "devices": devices, "fsdp": fsdp, "model": model, "error": out.stderr[-500:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -67,13 +71,17 @@ def main(argv=None) -> int:
     rows = []
     for family in families:
         for devices in (1, 2, 4, 8):
-            for fsdp in sorted({1, devices}):
-                row = run(family, devices, fsdp, args.steps)
+            layouts = [(fsdp, 1) for fsdp in sorted({1, devices})]
+            if family == "transformer" and devices > 1:
+                layouts.append((1, 2))
+            for fsdp, model in layouts:
+                row = run(family, devices, fsdp, model, args.steps)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     lines = ["| family | devices | layout | step ms | compile s |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        layout = "data" if r["fsdp"] == 1 else f"fsdp {r['fsdp']}"
+        layout = ("data" if r["fsdp"] == 1 else f"fsdp {r['fsdp']}") + (
+            f" x model {r['model']}" if r.get("model", 1) > 1 else "")
         lines.append(f"| {r['family']} | {r['devices']} | {layout} | "
                      + (f"{r['step_s_median'] * 1e3:.2f} | {r['compile_s']:.1f} |" if "error" not in r
                         else "error | - |"))
