@@ -34,9 +34,10 @@ class Case:
     flops_twin: tuple | None = None
 
 
-def _plain(name: str, size: str, cfg, batch: dict, lr=1e-3, ema=0.0) -> Case:
+def _plain(name: str, size: str, cfg, batch: dict, lr=1e-3, ema=0.0, tx=None) -> Case:
+    """The family's own init/loss/step under `tx` (default: Adam at `lr`)."""
     fam = family(name)
-    tx = optax.adam(lr)
+    tx = tx or optax.adam(lr)
     k1, k2 = jax.random.split(jax.random.key(0))
     state = train.init_state(k2, fam.init(k1, cfg), tx, ema=ema > 0)
     step = train.make_step(functools.partial(fam.loss, cfg=cfg), tx, ema_decay=ema)
@@ -59,13 +60,13 @@ def vae_case(size: str) -> Case:
     return _plain("vae", size, cfg, _images(b, cfg.image_shape))
 
 
-def diffusion_case(size: str) -> Case:
+def diffusion_case(size: str, tx=None) -> Case:
     diffusion = family("diffusion")
     if size == "cpu":
         cfg, b = diffusion.digits(), 64
     else:
         cfg, b = diffusion.cifar10_ddpm(dtype="bfloat16"), 128
-    return _plain("diffusion", size, cfg, _images(b, cfg.image_shape), ema=0.999)
+    return _plain("diffusion", size, cfg, _images(b, cfg.image_shape), ema=0.999, tx=tx)
 
 
 def gan_case(size: str) -> Case:
