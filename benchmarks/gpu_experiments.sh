@@ -18,12 +18,12 @@ run() {  # name, time limit (s), command...
   cp "/tmp/runs/$name/summary.json" "$OUT/$name.summary.json" 2>/dev/null || tail -n 20 "$OUT/$name.log"
 }
 
-run gpt_shakespeare 150 python3 experiments/gpt_text.py --model.n_layer 6 --model.n_head 6 \
+run gpt_shakespeare 130 python3 experiments/gpt_text.py --model.n_layer 6 --model.n_head 6 \
   --model.d_model 384 --model.block_size 256 --model.dropout 0.2 --model.dtype bfloat16 \
   --train.batch_size 64 --train.steps 5000 --train.eval_every 1000 --train.sample_every 5000 \
   --train.ckpt_every 5000 --eval_blocks 0
-run vae_digits 90 python3 experiments/vae_digits.py
-run diffusion_digits 120 python3 experiments/diffusion_digits.py
-run gan_digits 90 python3 experiments/gan_digits.py
-run gpt_text 60 python3 experiments/gpt_text.py
+run vae_digits 110 python3 experiments/vae_digits.py
+run diffusion_digits 140 python3 experiments/diffusion_digits.py
+run gan_digits 100 python3 experiments/gan_digits.py
+run gpt_text 50 python3 experiments/gpt_text.py
 echo "gpu_experiments.sh done"
