@@ -30,8 +30,9 @@ class Block(nn.Module):
 
     def forward(self, x):
         b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
-        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
+        # genjax's head-major qkv columns: (head, q/k/v, head_dim)
+        qkv = self.qkv(self.ln1(x)).view(b, t, self.n_head, 3, d // self.n_head).transpose(1, 2)
+        q, k, v = qkv.unbind(dim=3)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.attn_proj(y.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp_proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
@@ -76,7 +77,11 @@ class GPT(nn.Module):
 
 
 def lr_at(step: int, peak: float, warmup: int, steps: int, end_fraction: float = 0.1) -> float:
-    """optax.warmup_cosine_decay_schedule(0, peak, warmup, steps, peak * end_fraction)."""
+    """genjax.train.make_optimizer's cosine schedule: optax.warmup_cosine_decay_schedule(0, peak,
+    max(warmup, 1), max(steps, warmup + 1), peak * end_fraction). `step` counts the updates already
+    applied (0 for the first update, whose rate is 0)."""
+    warmup = max(warmup, 1)
+    steps = max(steps, warmup + 1)
     if step < warmup:
         return peak * step / warmup
     progress = min((step - warmup) / max(steps - warmup, 1), 1.0)
@@ -84,10 +89,25 @@ def lr_at(step: int, peak: float, warmup: int, steps: int, end_fraction: float =
     return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def clip_by_global_norm_(params, max_norm: float) -> torch.Tensor:
+    """optax.clip_by_global_norm in place: gradients scaled by max_norm / norm when norm >= max_norm.
+    (torch.nn.utils.clip_grad_norm_ scales by max_norm / (norm + 1e-6) whenever that is < 1.)"""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if norm >= max_norm:
+        for g in grads:
+            g.div_(norm).mul_(max_norm)
+    return norm
+
+
 def make_trainer(model: GPT, lr: float = 1e-3, warmup: int = 100, steps: int = 2000,
-                 weight_decay: float = 0.1, b2: float = 0.99, grad_clip: float = 1.0):
-    """A train step (tokens (B, T + 1) int64 -> loss float) over AdamW + clipping + warmup/cosine."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, b2), eps=1e-8, weight_decay=weight_decay)
+                 weight_decay: float = 0.1, b2: float = 0.99, grad_clip: float = 1.0, b1: float = 0.9):
+    """A train step (tokens (B, T + 1) int64 -> loss float) over AdamW + clipping + warmup/cosine: the
+    update of genjax.train.make_optimizer(TrainConfig(lr=lr, warmup_steps=warmup, steps=steps,
+    schedule='cosine', weight_decay=weight_decay, b1=b1, b2=b2, grad_clip=grad_clip)). torch's AdamW
+    (p -= lr * wd * p, then the Adam step) is optax.adamw's decoupled, lr-scaled decay."""
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, betas=(b1, b2), eps=1e-8, weight_decay=weight_decay)
     state = {"step": 0}
 
     def step(tokens):
@@ -97,7 +117,7 @@ def make_trainer(model: GPT, lr: float = 1e-3, warmup: int = 100, steps: int = 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            clip_by_global_norm_(params, grad_clip)
         opt.step()
         state["step"] += 1
         return loss.item()

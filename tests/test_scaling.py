@@ -148,3 +148,17 @@ def test_bfloat16_compute_keeps_float32_master_params(family):
     delta = jax.tree.map(lambda a, b, c: float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(c - b)) + 1e-12)),
                          new.params, state.params, ref.params)
     assert max(jax.tree.leaves(delta)) < 3.0  # an Adam step: both move every weight by about lr
+
+
+def test_tensor_parallel_transformer_moves_no_weights_or_heads(devices8):
+    """Megatron's layout: with heads and MLP units split over `model`, a step needs all-reduces of
+    activations only. An all-gather would mean a weight or the q/k/v heads are being reassembled (what
+    a q|k|v column order, instead of head-major, costs)."""
+    state, step, batch = transformer_case()
+    mesh = parallel.make_mesh(1, model=2)
+    state, shardings = place_state(state, mesh, transformer.MODEL_RULES)
+    compiled = compile_step(step, shardings, mesh)
+    with jax.set_mesh(mesh):
+        hlo = compiled.jitted.lower(state, parallel.global_batch(batch, mesh)).compile().as_text()
+    assert "all-reduce" in hlo
+    assert "all-gather" not in hlo and "all-to-all" not in hlo

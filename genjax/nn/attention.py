@@ -139,8 +139,9 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x, positions, cache=None, cache_index=None, start=None, deterministic=True):
         b, t, d = x.shape
         h, dh = self.n_head, d // self.n_head
-        qkv = Dense(3 * d, self.use_bias, self.dtype, name="qkv")(x).reshape(b, t, 3, h, dh)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # Head-major columns (head, q/k/v, dh): a tensor-parallel split of them keeps whole heads.
+        qkv = Dense(3 * d, self.use_bias, self.dtype, name="qkv")(x).reshape(b, t, h, 3, dh)
+        q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
         if self.use_rope:
             q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
         impl = attention_impl(self.implementation, self.dtype)
