@@ -1,15 +1,15 @@
 """GPT validation-loss curves, genjax vs the plain PyTorch reference, on the same data from the same weights.
 
-    python benchmarks/gpt_loss_curve.py --control   # 2000 iterations each: ~13 min on 1 loaded core
-    python benchmarks/gpt_loss_curve.py             # without the control run: ~9 min
+    python benchmarks/gpt_loss_curve.py --control   # 2000 iterations each: ~9 min on 1 idle core
+    python benchmarks/gpt_loss_curve.py             # without the control run: ~6 min
     python benchmarks/gpt_loss_curve.py --steps 200 --out /tmp/smoke    # smoke run (~1 min)
 
 Result (2026-11-28, jax 0.10.2 / optax 0.2.8 vs torch 2.13.0 CPU, benchmarks/results/gpt_loss_curve.md):
-the curves coincide. Validation losses at iterations 500..2000 differ by at most 8.0e-7 nats (float32
-rounding), per-step training losses on the same batches by at most 4.6e-6 over all 2000 steps, and the
-parameters by at most 2.0e-5 after the last step. Final validation loss: genjax 1.4946 nats/char
-(2.156 bits/char), torch 1.4946 (2.156 bits/char). For scale, genjax from another seed (--control) ends
-at 1.5052 and differs from the seed-0 run by up to 0.034 over the same iterations.
+the curves coincide. Validation losses at iterations 500..2000 differ by at most 1.2e-6 nats (float32
+rounding), per-step training losses on the same batches by at most 5.2e-6 over all 2000 steps, and the
+parameters by at most 1.1e-5 after the last step. Final validation loss: genjax 1.4878 nats/char
+(2.146 bits/char), torch 1.4878. For scale, genjax from another seed (--control) ends at 1.5053 and
+differs from the seed-0 run by up to 0.041 over the same iterations.
 
 Setup: experiments/gpt_text.py's defaults. The default corpus (Python's docs) with the char tokenizer
 and the 90/10 split of `text_data.prepare`; nanoGPT's CPU model (4 layers, 4 heads, 128 dims, context 64,

@@ -7,7 +7,8 @@
 Default: 4 layers, 4 heads, 128 dims, context 64 (0.8M params), batch 12, AdamW (beta2 0.99, weight decay
 0.1) with 100 warmup steps and cosine decay to 1e-4, global-norm clipping at 1.0, 2000 steps: about
 3 minutes on 2 idle CPU cores (5.3 minutes measured on a loaded shared VM), ending at validation loss
-1.49 nats/char (perplexity 4.5, 2.16 bits per character). The corpus is pydoc_data's English docs
+1.488 nats/char (perplexity 4.43, 2.15 bits per character; the same curve as a PyTorch reference from
+the same weights, benchmarks/gpt_loss_curve.py). The corpus is pydoc_data's English docs
 (~465k characters, shipped with Python), split 90/10 into train/validation by position. Logs validation
 loss, perplexity and bits per character, and a text sample every train.sample_every steps (also written
 to samples/). --data takes a UTF-8 file or folder, or tfds:tiny_shakespeare; --tokenizer bpe trains a

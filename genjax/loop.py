@@ -141,8 +141,10 @@ def run(
     if jax.process_index() == 0:
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
         print(f"genjax: {'resuming at step ' + str(start) if restored is not None else 'starting'}; "
-              f"{n_params:,} params on a {dict(mesh.shape)} mesh; "
-              f"state per device {parallel.bytes_per_device(state) / 2**20:.1f} MiB")
+              f"{n_params:,} params on a {dict(mesh.shape)} mesh; per device: params "
+              f"{parallel.bytes_per_device(state.params) / 2**20:.1f} MiB, optimizer "
+              f"{parallel.bytes_per_device(state.opt_state) / 2**20:.1f} MiB, EMA "
+              f"{parallel.bytes_per_device(state.ema_params) / 2**20:.1f} MiB")
     if start >= cfg.steps:
         checkpointer.close()
         writer.close()
