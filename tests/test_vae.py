@@ -135,7 +135,7 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
 
 
 def test_batch_that_does_not_divide_over_devices(tmp_path, devices8):
-    with pytest.raises(ConfigError, match="does not divide over the 8 devices"):
+    with pytest.raises(ConfigError, match="does not divide over the 8 batch shards"):
         vae_digits.train_and_evaluate(tiny(**{"train.batch_size": 12}), str(tmp_path / "w"))
 
 
