@@ -23,42 +23,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+try:
+    from benchmarks import pinned
+    from benchmarks.pinned import median, pin, run_children, timed, torch_or_none
+except ImportError:  # run as a script
+    import pinned
+    from pinned import median, pin, run_children, timed, torch_or_none
 
 TRAIN = dict(n_layer=4, n_head=4, d_model=128, block_size=64, vocab_size=65, batch=12)
-
-
-def timed(fn, n=5):
-    """Median wall time of `fn()` over n calls, after one warm-up call."""
-    fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return median(ts)
-
-
-def median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
 # ----------------------------------------------------------------------------- worker (one thread count)
 
 
 def worker(threads: int, quick: bool) -> dict:
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, HERE)
+    pin(threads)
     import functools
 
     import jax
@@ -68,15 +52,9 @@ def worker(threads: int, quick: bool) -> dict:
     from genjax import train
     from genjax.models import transformer as T
 
-    try:
-        import torch
-
+    torch = torch_or_none(threads)
+    if torch is not None:
         import torch_gpt
-
-        torch.set_num_threads(threads)
-        torch.manual_seed(0)
-    except ImportError:
-        torch = None
 
     reps = 3 if quick else 7
     out: dict = {"threads": threads, "load_avg_start": os.getloadavg()[0]}
@@ -309,7 +287,7 @@ def gpu(out_dir: str, quick: bool) -> dict:
                                  "mfu_vs_measured_peak": fpt * tps / 1e12 / report["peak_tflops_bf16"],
                                  "compile_s": compile_s, "loss_at_init": losses[impl]}
         print(impl, report["train"][impl], flush=True)
-        del state, holder
+        del state
 
     for impl in ("xla",) if dry else ("cudnn", "xla"):
         try:
@@ -364,17 +342,6 @@ def gpu(out_dir: str, quick: bool) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def markdown(report: dict) -> str:
     lines = [f"# GPT on CPU: genjax vs PyTorch ({report['hardware']})", "",
              f"jax {report['versions'].get('jax')}, torch {report['versions'].get('torch')}; "
@@ -424,7 +391,7 @@ def markdown(report: dict) -> str:
     lines += ["Measured on a shared VM: other processes' load (below) slows both implementations, and "
               "torch's multi-threaded runs far more (its threads spin-wait for a core). Rerun on an idle "
               "machine before quoting the 2-thread ratios.", "",
-              f"Load average at the start of each child: "
+              "Load average at the start of each child: "
               + ", ".join(f"{r['threads']} thread(s): {r['load_avg_start']:.2f}" for r in report["runs"]), ""]
     return "\n".join(lines)
 
@@ -447,38 +414,10 @@ def main():
         ARGS_THREADS = tuple(int(t) for t in args.threads.split(","))
         print("RESULT " + json.dumps(worker(args.worker, args.quick)))
         return
-    runs = []
-    for threads in (int(t) for t in args.threads.split(",")):
-        if threads > len(os.sched_getaffinity(0)):
-            print(f"skipping {threads} threads: only {len(os.sched_getaffinity(0))} cores")
-            continue
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(threads), "--threads", args.threads]
-        if args.quick:
-            cmd.append("--quick")
-        print(f"bench_gpt: {threads} thread(s) ...", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-            raise SystemExit(f"worker for {threads} threads failed")
-        runs.append(json.loads(lines[-1][7:]))
-    versions = {}
-    for mod in ("jax", "flax", "optax", "torch"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            versions[mod] = None
-    report = {"hardware": f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores", "versions": versions,
-              "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "runs": runs}
-    os.makedirs(args.out, exist_ok=True)
-    name = "gpt_cpu_quick" if args.quick else "gpt_cpu"
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    md = markdown(report)
-    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
-        f.write(md)
-    print(md)
-
+    runs = run_children(__file__, [int(t) for t in args.threads.split(",")],
+                        ["--threads", args.threads] + ["--quick"] * args.quick, "bench_gpt")
+    data = pinned.report(runs)
+    pinned.write_report(args.out, "gpt_cpu_quick" if args.quick else "gpt_cpu", data, markdown(data))
 
 if __name__ == "__main__":
     main()

@@ -26,17 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 try:
-    from benchmarks.bench_gpt import cpu_name, median, timed
+    from benchmarks import pinned
+    from benchmarks.pinned import cpu_name, median, pin, run_children, timed, torch_or_none, versions
 except ImportError:  # run as a script
-    from bench_gpt import cpu_name, median, timed
+    import pinned
+    from pinned import cpu_name, median, pin, run_children, timed, torch_or_none, versions
 
 COMPILE_BUDGET_S = 180.0  # a torch.compile row is dropped when its first step takes longer
 
@@ -73,10 +73,7 @@ def forward_check(cfg=None, batch: int = 4, scale: float = 0.2, seed: int = 0) -
 
 
 def worker(threads: int, quick: bool, torch_compile: bool = False) -> dict:
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, HERE)
+    pin(threads)
     import jax
     import numpy as np
 
@@ -85,15 +82,9 @@ def worker(threads: int, quick: bool, torch_compile: bool = False) -> dict:
     from genjax import train
     from genjax.models import diffusion
 
-    try:
-        import torch
-
+    torch = torch_or_none(threads)
+    if torch is not None:
         from benchmarks import torch_unet
-
-        torch.set_num_threads(threads)
-        torch.manual_seed(0)
-    except ImportError:
-        torch = None
 
     reps = 2 if quick else 7
     out: dict = {"threads": threads, "cores": sorted(os.sched_getaffinity(0)),
@@ -233,16 +224,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def versions() -> dict:
-    out = {}
-    for mod in ("jax", "jaxlib", "flax", "optax", "torch"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
-            out[mod] = None
-    return out
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -275,32 +256,11 @@ def main():
         print(f"forward check, 7x9x2 padded, 3 levels, conditional: {other}")
         assert other["params_genjax"] == other["params_torch"] and other["max_abs_diff"] < 1e-4, other
         return
-    runs = []
-    for threads in (int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",")):
-        if threads > cores:
-            print(f"skipping {threads} threads: only {cores} cores")
-            continue
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(threads)]
-        cmd += ["--quick"] * args.quick + ["--torch-compile"] * args.torch_compile
-        print(f"bench_unet: {threads} thread(s) ...", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-            raise SystemExit(f"worker for {threads} threads failed")
-        runs.append(json.loads(lines[-1][7:]))
-    report = {"hardware": f"{cpu_name()}, {cores} cores", "versions": versions(),
-              "date": time.strftime("%Y-%m-%d"),
-              "python": platform.python_version(), "load_avg_before": load, "check": check, "runs": runs}
-    os.makedirs(args.out, exist_ok=True)
-    name = "unet_cpu_quick" if args.quick else "unet_cpu"
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    md = markdown(report)
-    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
-        f.write(md)
-    print(md)
-
+    thread_counts = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",")]
+    runs = run_children(__file__, thread_counts,
+                        ["--quick"] * args.quick + ["--torch-compile"] * args.torch_compile, "bench_unet")
+    data = pinned.report(runs, load_avg_before=load, check=check)
+    pinned.write_report(args.out, "unet_cpu_quick" if args.quick else "unet_cpu", data, markdown(data))
 
 if __name__ == "__main__":
     main()

@@ -60,6 +60,23 @@ def run(family: str, devices: int, fsdp: int, model: int, steps: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def layout(row: dict) -> str:
+    """'data 2 x fsdp 2 x model 2', leaving out axes of size 1."""
+    fsdp, model = row["fsdp"], row.get("model", 1)
+    sizes = {"data": row["devices"] // (fsdp * model), "fsdp": fsdp, "model": model}
+    return " x ".join(f"{k} {v}" for k, v in sizes.items() if v > 1) or "1 device"
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| family | devices | layout | step ms | compile s |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['family']} | {r['devices']} | {layout(r)} | "
+                     + (f"{r['step_s_median'] * 1e3:.2f} | {r['compile_s']:.1f} |" if "error" not in r
+                        else "error | - |"))
+    return lines + ["", "Simulated devices share this machine's cores: the rows measure each layout's "
+                    "overhead and check that it compiles and runs, not a speed-up."]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,13 +95,7 @@ def main(argv=None) -> int:
                 row = run(family, devices, fsdp, model, args.steps)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    lines = ["| family | devices | layout | step ms | compile s |", "| --- | --- | --- | --- | --- |"]
-    for r in rows:
-        layout = ("data" if r["fsdp"] == 1 else f"fsdp {r['fsdp']}") + (
-            f" x model {r['model']}" if r.get("model", 1) > 1 else "")
-        lines.append(f"| {r['family']} | {r['devices']} | {layout} | "
-                     + (f"{r['step_s_median'] * 1e3:.2f} | {r['compile_s']:.1f} |" if "error" not in r
-                        else "error | - |"))
+    lines = table(rows)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"scaling-{harness.device_slug()}")
     with open(stem + ".json", "w") as f:

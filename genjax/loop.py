@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -131,6 +132,9 @@ def run(
     `model_rules` (parameter path suffix -> dimension) are the family's tensor-parallel hints for a
     mesh with a `model` axis (`parallel.state_sharding`)."""
     parallel.check_batch_size(cfg.batch_size, mesh)
+    if mesh.shape.get("model", 1) > 1 and not model_rules and jax.process_index() == 0:
+        print(f"genjax: warning: train.model_parallel={mesh.shape['model']} but this model names no "
+              "tensor-parallel dimensions (model_rules): its devices only hold copies", file=sys.stderr)
     state, shardings = place_state(state, mesh, model_rules)
     checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=cfg.keep_checkpoints)
     restored = checkpointer.restore(state, shardings)
