@@ -74,6 +74,7 @@ class Config:
     ema_decay: float = 0.999  # generator EMA (with warmup min(decay, (1+t)/(10+t))); 0 turns it off
     norm: Literal["none", "layer", "group", "pixel"] = "group"  # generator normalization (dcgan)
     upsample: Literal["transposed", "nearest"] = "transposed"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params, samples and logits stay float32
 
     def validate(self):
         def choice(name, options):
@@ -84,6 +85,7 @@ class Config:
         choice("loss", ("nonsat", "hinge", "wgan_gp"))
         choice("norm", dcgan.NORMS)
         choice("upsample", ("transposed", "nearest"))
+        choice("dtype", ("float32", "bfloat16"))
         if not self.widths or any(w < 1 for w in self.widths):
             raise ConfigError(f"model.widths={self.widths} must be a non-empty list of positive ints")
         for name in ("latent_dim", "data_dim", "r1_every", "sn_iters", "n_disc"):
@@ -121,16 +123,21 @@ def data_shape(cfg: Config) -> tuple[int, ...]:
     return tuple(cfg.image_shape) if cfg.arch == "dcgan" else (cfg.data_dim,)
 
 
+def _dtype(cfg: Config):
+    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
 def generator(cfg: Config):
     if cfg.arch == "mlp":
-        return dcgan.MLPGenerator(cfg.data_dim, tuple(cfg.widths), cfg.num_classes)
-    return dcgan.Generator(tuple(cfg.image_shape), tuple(cfg.widths), cfg.num_classes, cfg.norm, cfg.upsample)
+        return dcgan.MLPGenerator(cfg.data_dim, tuple(cfg.widths), cfg.num_classes, _dtype(cfg))
+    return dcgan.Generator(tuple(cfg.image_shape), tuple(cfg.widths), cfg.num_classes, cfg.norm, cfg.upsample,
+                           _dtype(cfg))
 
 
 def discriminator(cfg: Config):
     if cfg.arch == "mlp":
-        return dcgan.MLPDiscriminator(tuple(cfg.widths), cfg.num_classes)
-    return dcgan.Discriminator(tuple(cfg.widths), cfg.num_classes)
+        return dcgan.MLPDiscriminator(tuple(cfg.widths), cfg.num_classes, _dtype(cfg))
+    return dcgan.Discriminator(tuple(cfg.widths), cfg.num_classes, _dtype(cfg))
 
 
 def optimizers(cfg: Config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:

@@ -10,11 +10,15 @@ discriminator is a projection discriminator (Miyato & Koyama, 2018): logit = psi
 The generator ends in tanh (images in [-1, 1]); the MLP generator is linear (raw coordinates).
 The discriminators hold no normalization layers: spectral normalization, applied to their params from the
 outside (`genjax.nn.spectral`), is what constrains them.
+
+`dtype` is the compute dtype of the convolutions and dense layers (parameters stay float32; flax's
+normalization layers reduce in float32); generated data and discriminator logits come out float32.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -50,26 +54,29 @@ class PixelNorm(nn.Module):
         return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + 1e-8)
 
 
-def make_norm(kind: str, channels: int):
+def make_norm(kind: str, channels: int, dtype: Any = jnp.float32):
     if kind == "none":
         return lambda x: x
     if kind == "layer":
-        return nn.LayerNorm()
+        return nn.LayerNorm(dtype=dtype)
     if kind == "group":
-        return nn.GroupNorm(num_groups=math.gcd(channels, 8))
+        return nn.GroupNorm(num_groups=math.gcd(channels, 8), dtype=dtype)
     if kind == "pixel":
         return PixelNorm()
     raise ValueError(f"unknown norm {kind!r}; choose one of {NORMS}")
 
 
-def _condition(z, labels, num_classes: int):
+def _condition(z, labels, num_classes: int, dtype: Any = jnp.float32):
+    z = z.astype(dtype)
     if not num_classes:
         return z
-    return jnp.concatenate([z, nn.Embed(num_classes, z.shape[-1], name="class_embed")(labels)], axis=-1)
+    embed = nn.Embed(num_classes, z.shape[-1], dtype=dtype, name="class_embed")(labels)
+    return jnp.concatenate([z, embed], axis=-1)
 
 
 def _project(phi, labels, num_classes: int):
-    """Unconditional logit plus, for conditional models, the projection term <embed(y), phi>."""
+    """Unconditional logit plus, for conditional models, the projection term <embed(y), phi>; float32."""
+    phi = phi.astype(jnp.float32)
     logit = nn.Dense(1, name="logit")(phi)[..., 0]
     if num_classes:
         logit = logit + jnp.sum(nn.Embed(num_classes, phi.shape[-1], name="class_proj")(labels) * phi, axis=-1)
@@ -82,37 +89,40 @@ class Generator(nn.Module):
     num_classes: int = 0
     norm: str = "group"
     upsample: str = "transposed"  # 'transposed' (4x4 stride-2 transposed conv) | 'nearest' (resize + 3x3 conv)
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, z, labels=None):
         height, width, channels = self.image_shape
         scale = 2 ** (len(self.widths) - 1)
         h0, w0 = height // scale, width // scale
-        x = _condition(z, labels, self.num_classes)
-        x = nn.Dense(h0 * w0 * self.widths[0])(x).reshape(z.shape[0], h0, w0, self.widths[0])
-        x = nn.relu(make_norm(self.norm, self.widths[0])(x))
+        dt = self.dtype
+        x = _condition(z, labels, self.num_classes, dt)
+        x = nn.Dense(h0 * w0 * self.widths[0], dtype=dt)(x).reshape(z.shape[0], h0, w0, self.widths[0])
+        x = nn.relu(make_norm(self.norm, self.widths[0], dt)(x))
         for w in self.widths[1:]:
             if self.upsample == "transposed":
-                x = conv_transpose(w, (4, 4), strides=(2, 2), padding="SAME")(x)
+                x = conv_transpose(w, (4, 4), strides=(2, 2), padding="SAME", dtype=dt)(x)
             else:
                 b, h, ww, c = x.shape
                 x = jax.image.resize(x, (b, 2 * h, 2 * ww, c), "nearest")
-                x = conv(w, (3, 3))(x)
-            x = nn.relu(make_norm(self.norm, w)(x))
-        return jnp.tanh(conv(channels, (3, 3))(x))
+                x = conv(w, (3, 3), dtype=dt)(x)
+            x = nn.relu(make_norm(self.norm, w, dt)(x))
+        return jnp.tanh(conv(channels, (3, 3), dtype=dt)(x).astype(jnp.float32))
 
 
 class Discriminator(nn.Module):
     widths: tuple[int, ...]  # the generator's order; walked in reverse (high resolution -> low)
     num_classes: int = 0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, labels=None):
-        widths = self.widths[::-1]
-        x = nn.leaky_relu(conv(widths[0], (3, 3))(x), 0.2)
+        widths, dt = self.widths[::-1], self.dtype
+        x = nn.leaky_relu(conv(widths[0], (3, 3), dtype=dt)(x.astype(dt)), 0.2)
         for w in widths[1:]:
-            x = nn.leaky_relu(conv(w, (4, 4), strides=(2, 2), padding="SAME")(x), 0.2)
-        phi = nn.leaky_relu(nn.Dense(widths[-1])(x.reshape(x.shape[0], -1)), 0.2)
+            x = nn.leaky_relu(conv(w, (4, 4), strides=(2, 2), padding="SAME", dtype=dt)(x), 0.2)
+        phi = nn.leaky_relu(nn.Dense(widths[-1], dtype=dt)(x.reshape(x.shape[0], -1)), 0.2)
         return _project(phi, labels, self.num_classes)
 
 
@@ -120,21 +130,24 @@ class MLPGenerator(nn.Module):
     data_dim: int
     widths: tuple[int, ...]
     num_classes: int = 0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, z, labels=None):
-        x = _condition(z, labels, self.num_classes)
+        x = _condition(z, labels, self.num_classes, self.dtype)
         for w in self.widths:
-            x = nn.relu(nn.Dense(w)(x))
-        return nn.Dense(self.data_dim)(x)
+            x = nn.relu(nn.Dense(w, dtype=self.dtype)(x))
+        return nn.Dense(self.data_dim)(x.astype(jnp.float32))
 
 
 class MLPDiscriminator(nn.Module):
     widths: tuple[int, ...]
     num_classes: int = 0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, labels=None):
+        x = x.astype(self.dtype)
         for w in self.widths:
-            x = nn.leaky_relu(nn.Dense(w)(x), 0.2)
+            x = nn.leaky_relu(nn.Dense(w, dtype=self.dtype)(x), 0.2)
         return _project(x, labels, self.num_classes)
