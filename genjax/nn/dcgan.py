@@ -11,8 +11,9 @@ The generator ends in tanh (images in [-1, 1]); the MLP generator is linear (raw
 The discriminators hold no normalization layers: spectral normalization, applied to their params from the
 outside (`genjax.nn.spectral`), is what constrains them.
 
-`dtype` is the compute dtype of the convolutions and dense layers (parameters stay float32; flax's
-normalization layers reduce in float32); generated data and discriminator logits come out float32.
+`dtype` is the compute dtype of the convolutions and dense layers (None: that of the inputs and params;
+parameters stay float32, flax's normalization layers reduce in float32); generated data and
+discriminator logits come out in at least float32.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class PixelNorm(nn.Module):
         return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + 1e-8)
 
 
-def make_norm(kind: str, channels: int, dtype: Any = jnp.float32):
+def make_norm(kind: str, channels: int, dtype: Any = None):
     if kind == "none":
         return lambda x: x
     if kind == "layer":
@@ -66,8 +67,12 @@ def make_norm(kind: str, channels: int, dtype: Any = jnp.float32):
     raise ValueError(f"unknown norm {kind!r}; choose one of {NORMS}")
 
 
-def _condition(z, labels, num_classes: int, dtype: Any = jnp.float32):
-    z = z.astype(dtype)
+def _at_least_f32(x):
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _condition(z, labels, num_classes: int, dtype: Any = None):
+    z = z if dtype is None else z.astype(dtype)
     if not num_classes:
         return z
     embed = nn.Embed(num_classes, z.shape[-1], dtype=dtype, name="class_embed")(labels)
@@ -76,7 +81,7 @@ def _condition(z, labels, num_classes: int, dtype: Any = jnp.float32):
 
 def _project(phi, labels, num_classes: int):
     """Unconditional logit plus, for conditional models, the projection term <embed(y), phi>; float32."""
-    phi = phi.astype(jnp.float32)
+    phi = _at_least_f32(phi)
     logit = nn.Dense(1, name="logit")(phi)[..., 0]
     if num_classes:
         logit = logit + jnp.sum(nn.Embed(num_classes, phi.shape[-1], name="class_proj")(labels) * phi, axis=-1)
@@ -89,7 +94,7 @@ class Generator(nn.Module):
     num_classes: int = 0
     norm: str = "group"
     upsample: str = "transposed"  # 'transposed' (4x4 stride-2 transposed conv) | 'nearest' (resize + 3x3 conv)
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, z, labels=None):
@@ -108,18 +113,18 @@ class Generator(nn.Module):
                 x = jax.image.resize(x, (b, 2 * h, 2 * ww, c), "nearest")
                 x = conv(w, (3, 3), dtype=dt)(x)
             x = nn.relu(make_norm(self.norm, w, dt)(x))
-        return jnp.tanh(conv(channels, (3, 3), dtype=dt)(x).astype(jnp.float32))
+        return jnp.tanh(_at_least_f32(conv(channels, (3, 3), dtype=dt)(x)))
 
 
 class Discriminator(nn.Module):
     widths: tuple[int, ...]  # the generator's order; walked in reverse (high resolution -> low)
     num_classes: int = 0
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, labels=None):
         widths, dt = self.widths[::-1], self.dtype
-        x = nn.leaky_relu(conv(widths[0], (3, 3), dtype=dt)(x.astype(dt)), 0.2)
+        x = nn.leaky_relu(conv(widths[0], (3, 3), dtype=dt)(x), 0.2)
         for w in widths[1:]:
             x = nn.leaky_relu(conv(w, (4, 4), strides=(2, 2), padding="SAME", dtype=dt)(x), 0.2)
         phi = nn.leaky_relu(nn.Dense(widths[-1], dtype=dt)(x.reshape(x.shape[0], -1)), 0.2)
@@ -130,24 +135,23 @@ class MLPGenerator(nn.Module):
     data_dim: int
     widths: tuple[int, ...]
     num_classes: int = 0
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, z, labels=None):
         x = _condition(z, labels, self.num_classes, self.dtype)
         for w in self.widths:
             x = nn.relu(nn.Dense(w, dtype=self.dtype)(x))
-        return nn.Dense(self.data_dim)(x.astype(jnp.float32))
+        return nn.Dense(self.data_dim)(_at_least_f32(x))
 
 
 class MLPDiscriminator(nn.Module):
     widths: tuple[int, ...]
     num_classes: int = 0
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, labels=None):
-        x = x.astype(self.dtype)
         for w in self.widths:
             x = nn.leaky_relu(nn.Dense(w, dtype=self.dtype)(x), 0.2)
         return _project(x, labels, self.num_classes)
