@@ -5,8 +5,8 @@
     python -m genjax.sample runs/gpt_text --prompt "The return statement" --length 300
 
 Default: 4 layers, 4 heads, 128 dims, context 64 (0.8M params), batch 12, AdamW (beta2 0.99, weight decay
-0.1) with 100 warmup steps and cosine decay to 1e-4, global-norm clipping at 1.0, 2000 steps: about
-3 minutes on 2 idle CPU cores (5.3 minutes measured on a loaded shared VM), ending at validation loss
+0.1) with 100 warmup steps and cosine decay to 1e-4, global-norm clipping at 1.0, 2000 steps:
+111 s end to end on 2 idle CPU cores (measured 2026-11-28), ending at validation loss
 1.488 nats/char (perplexity 4.43, 2.15 bits per character; the same curve as a PyTorch reference from
 the same weights, benchmarks/gpt_loss_curve.py). The corpus is pydoc_data's English docs
 (~465k characters, shipped with Python), split 90/10 into train/validation by position. Logs validation
