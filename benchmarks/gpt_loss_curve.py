@@ -214,15 +214,15 @@ class Pair:
         return losses
 
 
-def genjax_state(model_cfg: T.Config, tcfg: train.TrainConfig) -> train.TrainState:
+def genjax_state(model_cfg: T.Config, tcfg: train.TrainConfig, tx) -> train.TrainState:
     """gpt_text's initial state for tcfg.seed (its init and state keys)."""
     init_key, state_key, _ = jax.random.split(jax.random.key(tcfg.seed), 3)
-    return train.init_state(state_key, T.init(init_key, model_cfg), train.make_optimizer(tcfg))
+    return train.init_state(state_key, T.init(init_key, model_cfg), tx)
 
 
 def make_pair(data, model_cfg: T.Config, tcfg: train.TrainConfig) -> Pair:
     tx = train.make_optimizer(tcfg)
-    state = genjax_state(model_cfg, tcfg)
+    state = genjax_state(model_cfg, tcfg, tx)
     params = state.params
     gstep = jax.jit(train.make_step(functools.partial(T.loss, cfg=model_cfg), tx), donate_argnums=0)
     model = torch_model_from(params, model_cfg)
@@ -301,9 +301,11 @@ def run(steps: int, eval_every: int, workdir: str, control: bool) -> dict:
     ctrl = None
     if control:
         ctrl_cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 1)
-        ctrl = {"state": genjax_state(model_cfg, ctrl_cfg), "step": 0, "cfg": ctrl_cfg}
+        ctrl = {"state": genjax_state(model_cfg, ctrl_cfg, train.make_optimizer(ctrl_cfg)), "step": 0,
+                "cfg": ctrl_cfg}
 
-    rows = [{"iter": 0, "genjax_val": gv, "torch_val": tv, "control_val": gv if control else None,
+    rows = [{"iter": 0, "genjax_val": gv, "torch_val": tv,
+             "control_val": scorer.genjax(ctrl["state"].params) if control else None,
              "genjax_train": None, "torch_train": None, "max_abs_train_diff": 0.0}]
     train_losses = {"genjax": [], "torch": [], "control": []}
     seconds = {"genjax": 0.0, "torch": 0.0, "control": 0.0, "eval": 0.0}

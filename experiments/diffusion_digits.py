@@ -164,15 +164,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
     # ---- final evaluation: likelihood bound and sample quality against a Gaussian-mixture baseline
     final = quality(state, jax.random.fold_in(quality_key, 1))  # sampling_seconds: compiled already
-    gmm = metrics.sample_quality(
-        net, real["image"], metrics.gaussian_mixture_baseline(real["image"], config.num_quality_samples))
-    floor = metrics.sample_quality(net, real["image"], test["image"])
     summary = {
         **{f"test_{k}": v for k, v in evaluate(state).items()},
         **final,
-        "frechet_gmm_baseline": gmm["frechet"], "kid_gmm_baseline": gmm["kid"],
-        "class_tv_gmm_baseline": gmm["class_tv"],
-        "frechet_test_floor": floor["frechet"], "kid_test_floor": floor["kid"],
+        **metrics.reference_scores(net, real["image"], test["image"], config.num_quality_samples),
         "classifier_accuracy": net.test_accuracy,
         "sampler": f"{config.sampler}/{config.sample_steps}",
         "wall_seconds": timer.seconds(), "steps": int(state.step), "devices": int(mesh.devices.size),

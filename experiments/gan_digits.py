@@ -122,12 +122,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     summary = {**final, "classifier_accuracy": net.test_accuracy, "wall_seconds": timer.seconds(),
                "steps": int(state.step), "devices": int(mesh.devices.size)}
     if config.baselines:
-        gmm = metrics.sample_quality(
-            net, real["image"], metrics.gaussian_mixture_baseline(real["image"], config.num_quality_samples))
-        floor = metrics.sample_quality(net, real["image"], test["image"])
-        summary.update(frechet_gmm_baseline=gmm["frechet"], kid_gmm_baseline=gmm["kid"],
-                       class_tv_gmm_baseline=gmm["class_tv"], frechet_test_floor=floor["frechet"],
-                       kid_test_floor=floor["kid"])
+        summary.update(metrics.reference_scores(net, real["image"], test["image"], config.num_quality_samples))
     experiment.write_summary(workdir, summary)
     return summary
 

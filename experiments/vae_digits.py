@@ -85,14 +85,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     net = metrics.feature_net(config.data, real, test, train_src.num_classes)
     fake = np.asarray(sample(state.params, jax.random.fold_in(sample_key, 1), config.num_quality_samples))
     quality = metrics.sample_quality(net, real["image"], fake)
-    gmm = metrics.sample_quality(
-        net, real["image"], metrics.gaussian_mixture_baseline(real["image"], config.num_quality_samples))
-    floor = metrics.sample_quality(net, real["image"], test["image"])
     summary = {
         **{f"test_{k}": v for k, v in final.items()},
         "test_bits_per_dim": metrics.bits_per_dim(final["nll_iwae"], int(np.prod(model_cfg.image_shape))),
         "frechet": quality["frechet"], "kid": quality["kid"], "class_tv": quality["class_tv"],
-        "frechet_gmm_baseline": gmm["frechet"], "frechet_test_floor": floor["frechet"],
+        **metrics.reference_scores(net, real["image"], test["image"], config.num_quality_samples),
         "classifier_accuracy": net.test_accuracy,
         "wall_seconds": timer.seconds(), "steps": int(state.step), "devices": int(mesh.devices.size),
     }

@@ -184,3 +184,13 @@ def gaussian_mixture_baseline(images: np.ndarray, num: int, components: int = 10
     rng = np.random.default_rng(seed)
     samples = samples[rng.permutation(num)]  # gmm.sample returns samples grouped by component
     return np.clip(samples, 0.0, 1.0).reshape(num, *images.shape[1:]).astype(np.float32)
+
+
+def reference_scores(net: FeatureNet, real: np.ndarray, test: np.ndarray, num: int) -> dict:
+    """The two bars a model's sample quality is read against: a Gaussian mixture fit to the pixels
+    (`num` samples; a model must beat it) and the held-out real images (the floor)."""
+    gmm = sample_quality(net, real, gaussian_mixture_baseline(real, num))
+    floor = sample_quality(net, real, test)
+    return {"frechet_gmm_baseline": gmm["frechet"], "kid_gmm_baseline": gmm["kid"],
+            "class_tv_gmm_baseline": gmm["class_tv"],
+            "frechet_test_floor": floor["frechet"], "kid_test_floor": floor["kid"]}

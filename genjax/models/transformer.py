@@ -252,14 +252,20 @@ def forward(params, tokens, cfg: Config, key: jax.Array | None = None):
     return model.apply({"params": params}, h, method=GPT.logits)
 
 
-def loss(params, batch, key, cfg: Config):
-    """Mean next-token cross entropy over {'tokens': int32 (B, T + 1)} (optional 'mask' (B, T) weights)."""
+def _token_scores(params, batch, cfg: Config, key: jax.Array | None = None):
+    """Per position of {'tokens': int32 (B, T + 1)}: next-token NLL, correctness (float32), and the
+    batch's optional 'mask' (B, T) weights (None when absent)."""
     tokens = batch["tokens"]
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    logits = forward(params, inputs, cfg, key)
+    targets = tokens[:, 1:]
+    logits = forward(params, tokens[:, :-1], cfg, key)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    weights = batch.get("mask")
+    return nll, correct, batch.get("mask")
+
+
+def loss(params, batch, key, cfg: Config):
+    """Mean next-token cross entropy over {'tokens': int32 (B, T + 1)} (optional 'mask' (B, T) weights)."""
+    nll, correct, weights = _token_scores(params, batch, cfg, key)
     if weights is None:
         mean_nll, accuracy = jnp.mean(nll), jnp.mean(correct)
     else:
@@ -278,13 +284,8 @@ def loss(params, batch, key, cfg: Config):
 def evaluate(params, batch, cfg: Config):
     """Sums for exact held-out averages over many batches: {'nll_sum', 'count', 'correct'} (float32),
     weighted by batch['mask'] (B, T) where given (padding rows weigh 0)."""
-    tokens = batch["tokens"]
-    logits = forward(params, tokens[:, :-1], cfg)
-    targets = tokens[:, 1:]
-    weights = batch.get("mask")
-    weights = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    nll, correct, weights = _token_scores(params, batch, cfg)
+    weights = jnp.ones_like(nll) if weights is None else weights.astype(jnp.float32)
     return {"nll_sum": jnp.sum(nll * weights), "count": jnp.sum(weights),
             "correct": jnp.sum(correct * weights)}
 
