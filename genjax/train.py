@@ -1,9 +1,15 @@
 """Train state and step builders: a loss becomes a pure, jit-able `step(state, batch) -> (state, metrics)`.
 
-Every family trains through these pieces. A plain family gives a loss
-`loss(params, batch, key) -> (loss, metrics)` and gets its step from `make_step`; a two-player family
-(the GAN) writes its own step over the same `TrainState`, whose `params` and `opt_state` then hold
-one entry per player.
+Every family trains through these pieces:
+
+    grads     accumulate_gradients(value_and_grad(loss), params, batch, key, microbatches)
+    update    apply_gradients(tx, params, opt_state, grads, loss) -> (params, opt_state, finite)
+    average   update_ema(ema, params, decay, step, warmup)
+    guard     finish_step(old_state, new_state, finite, metrics): a non-finite step changes nothing
+
+`make_step` composes them for a family with one loss `loss(params, batch, key, step)`; the GAN composes
+the same pieces into its two-player step, with `params` and `opt_state` holding one entry per player
+and one optimizer per player from `make_optimizer`.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # global-norm clip; 0 turns it off
     grad_accum: int = 1  # microbatches per step, accumulated inside the compiled step
     ema_decay: float = 0.0  # 0 turns EMA off
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + t) / (10 + t)) after update t
     seed: int = 0
     fsdp: int = 1  # devices per parameter shard (the mesh's `fsdp` axis); the rest form `data`
     model_parallel: int = 1  # tensor-parallel ways (the `model` axis), for models that name split dims
@@ -61,6 +68,16 @@ class TrainConfig:
             raise ConfigError(f"train.ema_decay={self.ema_decay} must be in [0, 1)")
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
+        for name in ("b1", "b2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be in [0, 1)")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "ckpt_every_secs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
+        for name in ("eval_every", "sample_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1 (use a value above "
+                                  f"train.steps to do it only at the end)")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -71,6 +88,11 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
     key: jax.Array  # typed PRNG key; per-step keys are fold_in(key, step)
     ema_params: Any = None
+
+    @property
+    def eval_params(self):
+        """The weights to evaluate and sample with: the EMA where the run keeps one."""
+        return self.params if self.ema_params is None else self.ema_params
 
 
 def make_optimizer(cfg: TrainConfig, lr: float | None = None) -> optax.GradientTransformation:
@@ -144,41 +166,68 @@ def accumulate_gradients(grad_fn: Callable, params, batch, key, microbatches: in
     return jax.tree.map(lambda x: x / microbatches, total)
 
 
+def apply_gradients(tx: optax.GradientTransformation, params, opt_state, grads, loss):
+    """One optimizer update: (new params, new optimizer state, finite).
+
+    `finite` is False when the loss, a gradient or an updated parameter is NaN/Inf (a finite blow-up of
+    the update itself, e.g. lr=nan, shows only in the new parameters). The update is returned
+    unguarded so that a step with several updates (the GAN's players) can roll back all of them at once
+    with `guarded_update`.
+    """
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(new_params)
+    return new_params, new_opt_state, finite
+
+
+def update_ema(ema, params, decay: float, step, warmup: bool = False):
+    """ema <- d * ema + (1 - d) * params, with d = decay, or min(decay, (1 + t) / (10 + t)) after update
+    t with `warmup` (so that a short run's average is not dominated by the initialization)."""
+    if ema is None:
+        return None
+    d = jnp.asarray(decay, jnp.float32)
+    if warmup:
+        t = jnp.asarray(step, jnp.float32)
+        d = jnp.minimum(d, (1.0 + t) / (10.0 + t))
+    return optax.incremental_update(params, ema, 1.0 - d)
+
+
+def finish_step(state: TrainState, new: TrainState, finite, metrics: dict) -> tuple[TrainState, dict]:
+    """Counts the step; keeps `state` (all but the step counter) when `finite` is False."""
+    kept = guarded_update(finite, new, state)
+    metrics = {**metrics, "nonfinite": 1.0 - finite.astype(jnp.float32)}
+    return kept.replace(step=state.step + 1), metrics
+
+
 def make_step(
-    loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]],
+    loss_fn: Callable[..., tuple[jax.Array, dict]],
     tx: optax.GradientTransformation,
     *,
     ema_decay: float = 0.0,
+    ema_warmup: bool = False,
     grad_accum: int = 1,
-    with_step: bool = False,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
-    """Turns `loss_fn(params, batch, key) -> (loss, metrics)` into a pure train step.
+    """Turns `loss_fn(params, batch, key, step) -> (loss, metrics)` into a pure train step.
 
-    The step differentiates the loss, applies the optimizer, updates the EMA and counts the step. A step
-    whose loss or gradients are not finite changes nothing but the step counter and reports
-    `nonfinite=1` in its metrics; the loop decides whether to stop or go on (`TrainConfig.on_nonfinite`).
-    With `with_step=True` the loss is called as `loss_fn(params, batch, key, step=state.step)` (for
-    schedules inside the loss, such as a KL warm-up).
+    The step differentiates the loss (over `grad_accum` microbatches), applies the optimizer, updates
+    the EMA and counts the step. A step whose loss, gradients or new parameters are not finite changes
+    nothing but the step counter and reports `nonfinite=1`; the loop decides whether to stop or go on
+    (`TrainConfig.on_nonfinite`). `step` (the updates applied so far) serves schedules inside the loss,
+    such as a KL warm-up.
     """
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict]:
-        loss = functools.partial(loss_fn, step=state.step) if with_step else loss_fn
-        grad_fn = jax.value_and_grad(loss, has_aux=True)
+        grad_fn = jax.value_and_grad(functools.partial(loss_fn, step=state.step), has_aux=True)
         (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, step_key(state), grad_accum)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & all_finite(grads)
-        params, opt_state = guarded_update(finite, (params, opt_state), (state.params, state.opt_state))
-        ema = state.ema_params
-        if ema is not None:
-            ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
-        metrics = {
-            **metrics,
-            "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "nonfinite": 1.0 - finite.astype(jnp.float32),
-        }
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
-        return new, metrics
+        params, opt_state, finite = apply_gradients(tx, state.params, state.opt_state, grads, loss)
+        ema = update_ema(state.ema_params, params, ema_decay, state.step, ema_warmup)
+        new = state.replace(params=params, opt_state=opt_state, ema_params=ema)
+        return finish_step(state, new, finite, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)})
 
     return step
+
+
+def step_for(loss_fn: Callable, cfg: TrainConfig, tx: optax.GradientTransformation | None = None):
+    """`make_step` with the train config's optimizer, EMA and accumulation settings."""
+    tx = make_optimizer(cfg) if tx is None else tx
+    return make_step(loss_fn, tx, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup, grad_accum=cfg.grad_accum)

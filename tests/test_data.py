@@ -45,13 +45,58 @@ def test_resumed_iterator_yields_the_same_batches():
 
 
 @pytest.mark.parametrize("images,needle", [
-    (np.ones((4, 8, 8)), "expects \\(N, H, W, C\\)"),
+    (np.ones((4, 2, 8, 8, 1)), "expects \\(N, H, W, C\\)"),
     (np.full((4, 8, 8, 1), 255.0), "divide uint8 pixels by 255"),
     (np.full((4, 8, 8, 1), np.nan), "finite"),
 ])
 def test_bad_images_are_rejected(images, needle):
     with pytest.raises(ConfigError, match=needle):
         data.from_arrays(images, np.zeros(4), num_classes=2)
+
+
+def test_a_batch_larger_than_the_dataset_is_one_clear_error():
+    src = data.digits("train")
+    with pytest.raises(ConfigError, match=r"train.batch_size=1,000,000,000 is larger than the 1,438 training images; "
+                                          r"use --train.batch_size 1438 or less"):
+        data.check_batch_fits(1_000_000_000, src.size)
+    with pytest.raises(ConfigError, match="train.batch_size=1,439 is larger"):  # not a MemoryError, and at once
+        data.batches(src.fetch, src.size, src.size + 1, seed=0)
+    data.check_batch_fits(src.size, src.size)
+
+
+def test_flips_are_a_function_of_seed_and_step_on_any_host_layout():
+    src = data.digits("train")
+    plain = next(data.batches(src.fetch, src.size, 64, seed=0, start_step=5))
+    flipped = next(data.batches(src.fetch, src.size, 64, seed=0, start_step=5, flip=True))
+    is_flipped = [(f == p[:, ::-1]).all() and not (f == p).all() for f, p in zip(flipped["image"], plain["image"])]
+    kept = [(f == p).all() for f, p in zip(flipped["image"], plain["image"])]
+    assert all(a or b for a, b in zip(is_flipped, kept)) and 16 < sum(is_flipped) < 48
+    from genjax.data.transforms import flip_rows
+
+    whole = flip_rows(plain["image"], 0, 5, 64, slice(0, 64))
+    halves = np.concatenate([flip_rows(plain["image"][:32], 0, 5, 64, slice(0, 32)),
+                             flip_rows(plain["image"][32:], 0, 5, 64, slice(32, 64))])
+    np.testing.assert_array_equal(whole, halves)  # two hosts flip exactly what one host does
+    np.testing.assert_array_equal(whole, flipped["image"])
+
+
+def test_worker_processes_yield_the_in_process_batches_and_resume(tmp_path):
+    """grain workers decode PNG files and flip; the stream equals the in-process one from any start step."""
+    from tests.test_data_sources import make_image_folder
+
+    make_image_folder(str(tmp_path / "f"), num_classes=3, per_class=10, c=3)
+    src = data.load(str(tmp_path / "f"), "train")
+    want = [b for _, b in zip(range(8), data.batches(src.fetch, src.size, 8, seed=1, start_step=3, flip=True))]
+    loader = data.batches(src.fetch, src.size, 8, seed=1, start_step=3, workers=2, flip=True)
+    try:
+        got = [next(loader) for _ in range(8)]
+    finally:
+        loader.close()
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g["image"], w["image"])
+        np.testing.assert_array_equal(g["label"], w["label"])
+    with pytest.raises(ConfigError, match="cannot be sent to loader workers"):
+        data.batches(lambda idx: {"image": idx}, 10, 2, seed=0, workers=1)
 
 
 def test_tfds_path_with_mock_data():

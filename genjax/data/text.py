@@ -75,12 +75,9 @@ def tfds_text(name: str = "tiny_shakespeare", split: str = "train", data_dir: st
               field: str = "text", max_examples: int | None = None) -> str:
     """The examples of a tfds text dataset split, newline-joined (through `tfds.data_source`: no
     TensorFlow). tiny_shakespeare holds one example per split; for lm1b set `max_examples`."""
-    try:
-        import tensorflow_datasets as tfds  # lazy: `import genjax` must not import it
-    except ImportError as e:
-        raise ConfigError(
-            f"data=tfds:{name} needs tensorflow-datasets: pip install tensorflow-datasets") from e
-    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    from genjax.data import tfds_data  # lazy: `import genjax` must not import tensorflow_datasets
+
+    source = tfds_data.data_source(name, split, data_dir)
     n = len(source) if max_examples is None else min(len(source), max_examples)
     parts = []
     for lo in range(0, n, 4096):

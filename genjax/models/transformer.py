@@ -1,8 +1,10 @@
 """Decoder-only transformer (GPT): pre-norm blocks, causal attention, weight tying, KV-cache generation.
 
     params = init(key, cfg)                               # plain dict of float32 arrays
-    loss, metrics = loss(params, {'tokens': int32 (B, T + 1)}, key, cfg)
-    tokens, lengths = generate(params, key, prompts, prompt_lengths, max_new_tokens, cfg, ...)
+    loss, metrics = loss(params, {'tokens': int32 (B, T + 1)}, key, cfg, step)
+    sums = evaluate(params, batch, key, cfg)              # summed NLL, correct predictions, count
+    tokens = sample(params, key, num, cfg, SampleOptions(prompt=(ids...), length=256))  # the contract
+    tokens, counts = generate(params, key, prompts, prompt_lengths, max_new_tokens, cfg, ...)
 
 The layers are a Python loop (params under blocks/layer_<i>), or with `scan_layers=True` one `nn.scan`
 over a stacked block (params with a leading n_layer axis; compiles one block, for deep models).
@@ -19,8 +21,8 @@ Tensor parallelism: `MODEL_RULES` names, per parameter, the dimension a mesh's `
 (attention by heads, the MLP by hidden units, the output projections by their input rows: Megatron's
 layout, one all-reduce per branch); pass it to `loop.run(model_rules=...)` with train.model_parallel > 1.
 
-Randomness for init, dropout and sampling comes from `fast_key(key)`: an RngBitGenerator key derived from
-the caller's key, which XLA:CPU compiles several times faster than threefry.
+Randomness for init, dropout and sampling comes from `genjax.nn.fast_key(key)`: an RngBitGenerator key
+derived from the caller's key, which XLA:CPU compiles several times faster than threefry.
 """
 
 from __future__ import annotations
@@ -37,9 +39,8 @@ import numpy as np
 import optax
 
 from genjax.config import ConfigError
+from genjax.nn import fast_key, init_params
 from genjax.nn.attention import Block, Norm, matmul, normal, residual_std
-
-FAMILY = "transformer"
 
 # Dimension of each parameter split over the mesh's `model` axis (negative: also right for the stacked
 # leaves of scan_layers). The qkv columns are head-major and the SwiGLU fc columns interleave gate and
@@ -103,23 +104,39 @@ class Config:
         return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
 
 
-SIZES: dict[str, dict[str, Any]] = {
-    # nanoGPT's CPU example (shakespeare_char at 4 layers, 128 dims, context 64): ~0.8M params at vocab 65.
-    "nanogpt-cpu": dict(n_layer=4, n_head=4, d_model=128, block_size=64),
+SIZES = {
+    # nanoGPT's CPU example (shakespeare_char at 4 layers, 128 dims, context 64): ~0.8M params at vocab 65;
+    # vocab_size 0 is set from the tokenizer by the experiment.
+    "nanogpt-cpu": Config(n_layer=4, n_head=4, d_model=128, block_size=64),
     # nanoGPT's shakespeare_char: ~10.7M params at vocab 65.
-    "shakespeare": dict(n_layer=6, n_head=6, d_model=384, block_size=256, dropout=0.2),
+    "shakespeare": Config(n_layer=6, n_head=6, d_model=384, block_size=256, dropout=0.2),
     # GPT-2 small (124M).
-    "gpt2": dict(n_layer=12, n_head=12, d_model=768, block_size=1024, vocab_size=50257, scan_layers=True),
+    "gpt2": Config(n_layer=12, n_head=12, d_model=768, block_size=1024, vocab_size=50257, scan_layers=True),
 }
 
 
-def config_for(size: str, **overrides) -> Config:
-    """A named size ('nanogpt-cpu', 'shakespeare', 'gpt2') with field overrides."""
-    if size not in SIZES:
-        raise ConfigError(f"unknown transformer size {size!r}; known sizes: {sorted(SIZES)}")
-    cfg = Config(**{**SIZES[size], **overrides})
-    cfg.validate()
-    return cfg
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+    prompt: tuple[int, ...] = ()  # token ids every sample continues ((): the vocabulary's first token)
+    length: int = 256  # new tokens per sample
+    temperature: float = 1.0
+    top_k: int = 0  # keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # nucleus: keep the smallest set with this much probability (1: all)
+    greedy: bool = False  # argmax decoding (ignores temperature, top_k and top_p)
+    stop_token: int = -1  # end a sample early when drawn (-1: never)
+
+    def validate(self, cfg: Config):
+        if self.length < 1:
+            raise ConfigError(f"length={self.length} must be >= 1 (new tokens per sample)")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature={self.temperature} must be > 0 (use --greedy for argmax decoding)")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k={self.top_k} must be >= 0 (0 keeps every token)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p={self.top_p} must be in (0, 1] (1 keeps every token)")
+        bad = [t for t in self.prompt if not 0 <= t < cfg.vocab_size]
+        if bad:
+            raise ConfigError(f"prompt tokens {bad[:5]} are outside the vocabulary [0, {cfg.vocab_size})")
 
 
 # ----------------------------------------------------------------------------- the network
@@ -206,21 +223,12 @@ def _check_vocab(cfg: Config):
         raise ConfigError("model.vocab_size=0: set it from the tokenizer (tokenizer.vocab_size) before init")
 
 
-def fast_key(key: jax.Array) -> jax.Array:
-    """An RngBitGenerator key derived from `key` (any impl). Deterministic in `key` on a given backend;
-    XLA compiles it several times faster than threefry on CPU, and it draws faster too."""
-    data = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
-    data = jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9), data, data])[:4]
-    return jax.random.wrap_key_data(data, impl="unsafe_rbg")
-
-
 def init(key: jax.Array, cfg: Config):
     """Float32 parameters as a plain nested dict (see the module docstring for the block layout)."""
     cfg.validate()
     _check_vocab(cfg)
     tokens = jnp.zeros((1, 1), jnp.int32)
-    variables = jax.jit(lambda k: GPT(cfg).init({"params": fast_key(k)}, tokens, tokens))(key)
-    return nn.meta.unbox(variables["params"])
+    return init_params(GPT(cfg), key, tokens, tokens)
 
 
 def num_params(params, *, exclude_positions: bool = False) -> int:
@@ -263,7 +271,7 @@ def _token_scores(params, batch, cfg: Config, key: jax.Array | None = None):
     return nll, correct, batch.get("mask")
 
 
-def loss(params, batch, key, cfg: Config):
+def loss(params, batch, key, cfg: Config, step=None):
     """Mean next-token cross entropy over {'tokens': int32 (B, T + 1)} (optional 'mask' (B, T) weights)."""
     nll, correct, weights = _token_scores(params, batch, cfg, key)
     if weights is None:
@@ -281,13 +289,12 @@ def loss(params, batch, key, cfg: Config):
     return mean_nll, metrics
 
 
-def evaluate(params, batch, cfg: Config):
-    """Sums for exact held-out averages over many batches: {'nll_sum', 'count', 'correct'} (float32),
-    weighted by batch['mask'] (B, T) where given (padding rows weigh 0)."""
+def evaluate(params, batch, key, cfg: Config):
+    """Sums over held-out tokens: {'nll', 'correct', 'count'} (float32), weighted by batch['mask'] (B, T)
+    where given (padding rows weigh 0); divide by 'count' for per-token averages. `key` is unused."""
     nll, correct, weights = _token_scores(params, batch, cfg)
     weights = jnp.ones_like(nll) if weights is None else weights.astype(jnp.float32)
-    return {"nll_sum": jnp.sum(nll * weights), "count": jnp.sum(weights),
-            "correct": jnp.sum(correct * weights)}
+    return {"nll": jnp.sum(nll * weights), "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -453,29 +460,13 @@ def generate(params, key, prompt_tokens, prompt_lengths=None, max_new_tokens: in
     return out[:, :max_new_tokens], counts
 
 
-def sample(params, key, num: int, cfg: Config, *, length: int = 256, prompt_tokens=None, **options):
-    """Contract sampler for the text family: int32 (num, length) tokens continuing `prompt_tokens`
-    (default: token 0, the first symbol of the vocabulary / BPE's end-of-text)."""
-    if prompt_tokens is None:
-        prompt_tokens = np.zeros((num, 1), np.int32)
-    tokens, _ = generate(params, key, prompt_tokens, None, length, cfg, **options)
-    return tokens
-
-
-def sample_cli(workdir: str, params, cfg: Config, prompt: str = "", length: int = 256,
-               temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
-    """Text for `python -m genjax.sample WORKDIR`: the prompt and its continuation, decoded with the
-    tokenizer saved in the workdir. Stops early at the tokenizer's end-of-text token, if it has one."""
-    from genjax.data import text as text_data
-
-    tok = text_data.load_tokenizer(workdir)
-    ids = tok.encode(prompt) if prompt else np.asarray([tok.bos_id], np.int32)
-    if ids.size == 0:
-        ids = np.asarray([tok.bos_id], np.int32)
-    stop = tok.eos_id if tok.eos_id is not None else -1
-    new, counts = generate(params, jax.random.key(seed), ids[None, :], None, length, cfg,
-                           temperature=temperature, top_k=top_k, top_p=top_p, stop_token=stop)
-    new = np.asarray(new[0, : int(counts[0])])
-    if stop >= 0 and new.size and new[-1] == stop:
-        new = new[:-1]
-    return prompt + tok.decode(new)
+def sample(params, key, num: int, cfg: Config, options: SampleOptions = SampleOptions()) -> np.ndarray:
+    """int32 (num, length) new tokens continuing `options.prompt` (default: token 0, the first symbol of
+    the vocabulary / BPE's end-of-text); a row that drew `stop_token` ends with it, then -1s."""
+    options.validate(cfg)
+    prompt = np.tile(np.asarray(options.prompt or (0,), np.int32), (num, 1))
+    tokens, counts = generate(params, key, prompt, None, options.length, cfg, temperature=options.temperature,
+                              top_k=options.top_k, top_p=options.top_p, greedy=options.greedy,
+                              stop_token=options.stop_token)
+    tokens, counts = np.asarray(tokens), np.asarray(counts)
+    return np.where(np.arange(options.length)[None, :] < counts[:, None], tokens, -1).astype(np.int32)

@@ -1,12 +1,12 @@
 """Variational autoencoder: q(z|x) = N(mean, diag(exp(logvar))), p(z) = N(0, I), p(x|z) from a decoder.
 
-Pure functions over a params pytree:
+Pure functions over a params pytree (the family contract, docs/CONTRACT.md):
 
     params = vae.init(key, cfg)
     loss, metrics = vae.loss(params, batch, key, cfg, step)     # -ELBO per example, beta and KL warm-up
-    nll = vae.iwae_nll(params, images, key, cfg, k=64)           # importance-weighted NLL estimate (nats)
-    images = vae.sample(params, key, num, cfg)                  # decoded prior samples in [0, 1]
-    recon = vae.reconstruct(params, images, key, cfg)
+    sums = vae.evaluate(params, batch, key, cfg)                # held-out ELBO and IWAE NLL (sums)
+    images = vae.sample(params, key, num, cfg, vae.SampleOptions(temperature=1.0))  # in [0, 1]
+    recon = vae.reconstruct(params, images, cfg)
     path = vae.interpolate(params, a, b, num, cfg, method="slerp")
 
 Likelihoods: `bernoulli` on binarized pixels (dynamically binarized in training, a fixed seeded
@@ -17,6 +17,7 @@ with a learned global scale on the raw [0, 1] pixels.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Literal
 
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 
 from genjax.config import ConfigError
 from genjax.nn.convnet import ConvDecoder, ConvEncoder
+from genjax.nn import init_params
 from genjax.nn.mlp import MLP
 
 LOG_2PI = math.log(2 * math.pi)
@@ -41,6 +43,7 @@ class Config:
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     beta: float = 1.0  # weight of the KL term (beta-VAE)
     kl_warmup_steps: int = 0  # linearly ramp the KL weight from 0 to beta over this many steps
+    iwae_samples: int = 256  # importance samples of the held-out NLL estimate (evaluate)
     dtype: Literal["float32", "bfloat16"] = "float32"
 
     def validate(self):
@@ -50,6 +53,28 @@ class Config:
             raise ConfigError(f"model.latent_dim={self.latent_dim} must be >= 1")
         if self.beta < 0:
             raise ConfigError(f"model.beta={self.beta} must be >= 0")
+        if self.iwae_samples < 1 or self.kl_warmup_steps < 0:
+            raise ConfigError("model.iwae_samples must be >= 1 and model.kl_warmup_steps >= 0")
+        if self.arch == "conv" and not self.channels or self.arch == "mlp" and not self.hidden:
+            raise ConfigError(f"model.arch={self.arch!r} needs at least one width "
+                              f"(model.{'channels' if self.arch == 'conv' else 'hidden'})")
+
+
+SIZES = {
+    "digits": Config(),  # 8x8x1, MLP encoder and decoder
+    "mnist": Config(arch="conv", image_shape=(28, 28, 1), latent_dim=32, channels=(32, 64)),
+    "cifar10": Config(arch="conv", image_shape=(32, 32, 3), latent_dim=128, channels=(128, 256, 512),
+                      likelihood="gaussian"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+    temperature: float = 1.0  # prior samples z ~ N(0, temperature^2 I); below 1 trades diversity for fidelity
+
+    def validate(self, cfg: Config):
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature={self.temperature} must be > 0 (1 samples the prior)")
 
 
 class VAE(nn.Module):
@@ -90,9 +115,8 @@ def _module(cfg: Config) -> VAE:
 
 
 def init(key: jax.Array, cfg: Config) -> dict:
-    x = jnp.zeros((1, *cfg.image_shape))
-    z = jnp.zeros((1, cfg.latent_dim))
-    return _module(cfg).init(key, x, z)["params"]
+    cfg.validate()
+    return init_params(_module(cfg), key, jnp.zeros((1, *cfg.image_shape)), jnp.zeros((1, cfg.latent_dim)))
 
 
 def encode(params, x, cfg):
@@ -174,13 +198,14 @@ def iwae_bound(params, x, key, cfg, k: int = 64):
     return jax.nn.logsumexp(log_w, axis=0) - math.log(k)
 
 
-def evaluate(params, images, key, cfg, k: int = 64) -> dict:
-    """Held-out ELBO and IWAE NLL (nats per example) on a fixed binarization drawn from `key`."""
+def evaluate(params, batch, key, cfg: Config) -> dict:
+    """Sums over a held-out batch (nats): ELBO, IWAE NLL (`cfg.iwae_samples` samples) and KL, on a fixed
+    binarization drawn from `key`; divide by 'count' for per-example values."""
     bin_key, elbo_key, iwae_key = jax.random.split(key, 3)
-    x = targets(images, bin_key, cfg)
+    x = targets(batch["image"], bin_key, cfg)
     recon, kl = elbo(params, x, elbo_key, cfg)
-    nll = -iwae_bound(params, x, iwae_key, cfg, k)
-    return {"elbo": jnp.mean(recon - kl), "nll_iwae": jnp.mean(nll), "kl": jnp.mean(kl)}
+    nll = -iwae_bound(params, x, iwae_key, cfg, cfg.iwae_samples)
+    return {"elbo": jnp.sum(recon - kl), "nll_iwae": jnp.sum(nll), "kl": jnp.sum(kl), "count": x.shape[0]}
 
 
 # ----------------------------------------------------------------------------- generation
@@ -190,9 +215,15 @@ def mean_image(params, out, cfg):
     return jax.nn.sigmoid(out) if cfg.likelihood == "bernoulli" else jnp.clip(out, 0.0, 1.0)
 
 
-def sample(params, key, num: int, cfg: Config, **_) -> jax.Array:
-    """Decoded prior samples: the decoder's mean image for z ~ N(0, I), float32 in [0, 1]."""
-    z = jax.random.normal(key, (num, cfg.latent_dim))
+def sample(params, key, num: int, cfg: Config, options: SampleOptions = SampleOptions()) -> jax.Array:
+    """Decoded prior samples: the decoder's mean image for z ~ N(0, t^2 I), float32 (num, H, W, C) in [0, 1]."""
+    options.validate(cfg)
+    return _sample(params, key, options.temperature, num=num, cfg=cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("num", "cfg"))
+def _sample(params, key, temperature, *, num: int, cfg: Config):
+    z = temperature * jax.random.normal(key, (num, cfg.latent_dim))
     return mean_image(params, decode(params, z, cfg), cfg)
 
 

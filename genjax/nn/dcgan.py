@@ -28,23 +28,12 @@ import jax.numpy as jnp
 NORMS = ("none", "layer", "group", "pixel")
 
 
-def flat_init(init=nn.initializers.lecun_normal()):
-    """`init` drawn as a (fan_in, out) matrix and reshaped to the kernel's shape: the same distribution for
-    fan-in initializers, but the random draw stays 2-D. (With jax's default partitionable threefry, XLA:CPU
-    spends ~2 s compiling each random draw of rank >= 3; a conv net's init then takes tens of seconds.)"""
-
-    def wrapped(key, shape, dtype=jnp.float32):
-        return init(key, (math.prod(shape[:-1]), shape[-1]), dtype).reshape(shape)
-
-    return wrapped
-
-
 def conv(features, kernel, **kw):
-    return nn.Conv(features, kernel, kernel_init=flat_init(), **kw)
+    return nn.Conv(features, kernel, **kw)
 
 
 def conv_transpose(features, kernel, **kw):
-    return nn.ConvTranspose(features, kernel, kernel_init=flat_init(), **kw)
+    return nn.ConvTranspose(features, kernel, **kw)
 
 
 class PixelNorm(nn.Module):
