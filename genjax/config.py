@@ -5,16 +5,21 @@ A config is a frozen dataclass whose fields are `int`, `float`, `bool`, `str`, `
 
     python experiments/vae_digits.py --train.steps 500 --model.latent_dim 8 --workdir /tmp/vae
 
-Every override is checked against the field's type before anything is built or compiled; an unknown
-key is rejected with the list of valid keys.
+Every override is checked against the field's type (floats must be finite; choices match in any case)
+before anything is built or compiled; an unknown key is rejected with the closest valid one.
+`--config FILE` (JSON or YAML, e.g. a run's own config.json) gives a base that the command line overrides.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import inspect
 import json
+import math
 import os
+import sys
 import types
 import typing
 from typing import Any, Sequence
@@ -67,9 +72,10 @@ def _convert(key: str, typ, value):
     origin = typing.get_origin(typ)
     if origin is typing.Literal:
         choices = typing.get_args(typ)
-        if value not in choices:
+        matches = [c for c in choices if isinstance(value, str) and c.lower() == value.lower()]
+        if not matches:
             raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")
-        return value
+        return matches[0]
     if origin is tuple:
         (elem,) = [a for a in typing.get_args(typ) if a is not Ellipsis]
         if isinstance(value, str):
@@ -99,9 +105,12 @@ def _convert(key: str, typ, value):
             raise ConfigError(f"{key}={value!r}: expected an int") from None
     if typ is float:
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}={value!r}: expected a float") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}={value!r}: expected a finite number")
+        return number
     if typ is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r}: expected a string")
@@ -117,9 +126,7 @@ def override(cfg, overrides: dict[str, Any]):
     leaf_types = _leaf_types(type(cfg))
     unknown = sorted(set(overrides) - set(leaf_types))
     if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {unknown}; valid keys are: {', '.join(sorted(leaf_types))}"
-        )
+        raise ConfigError(f"unknown config key {unknown[0]!r}{suggest(unknown[0], leaf_types)}")
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
         node = nested
@@ -139,7 +146,7 @@ def _replace_nested(cfg, nested: dict[str, Any]):
             changes[name] = value
     out = dataclasses.replace(cfg, **changes)
     validate = getattr(out, "validate", None)
-    if validate is not None:
+    if validate is not None and not inspect.signature(validate).parameters:  # options validate against a model
         validate()
     return out
 
@@ -163,37 +170,128 @@ def from_dict(cls, d: dict[str, Any]):
 # ----------------------------------------------------------------------------- command line
 
 
-def parse_args(cfg, argv: Sequence[str] | None = None, description: str = "", extra=None):
-    """Parses `--key value` / `--key=value` overrides of `cfg` plus `--workdir`.
+def suggest(name: str, known) -> str:
+    """'; did you mean X?' for the closest known name (compared with '-' and '_' alike), or ''."""
+    norm = {k.replace("-", "_"): k for k in known}
+    close = difflib.get_close_matches(name.replace("-", "_"), list(norm), n=1, cutoff=0.6)
+    return f"; did you mean {norm[close[0]]}?" if close else ""
 
-    Returns (cfg, args) where args holds --workdir and any options added by `extra(parser)`.
-    `--help` lists every key with its type and default. Errors exit with status 2 and name the valid keys.
-    """
-    parser = argparse.ArgumentParser(
-        description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    parser.add_argument("--workdir", required=True, help="where checkpoints, logs and samples go")
-    if extra is not None:
-        extra(parser)
-    group = parser.add_argument_group("config overrides (type, default)")
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block), exit status 2, and '-'/'_' alike in option names."""
+
+    def __init__(self, **kw):
+        super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False, **kw)
+
+    def error(self, message: str):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._canonical(a) for a in args], namespace)
+
+    def _canonical(self, arg: str) -> str:
+        """`--top-k` -> `--top_k` where only the underscore spelling exists (and vice versa)."""
+        if not arg.startswith("--"):
+            return arg
+        name, eq, value = arg.partition("=")
+        if name not in self._option_string_actions:
+            for other in (name.replace("-", "_"), "--" + name[2:].replace("_", "-")):
+                if other in self._option_string_actions:
+                    return other + eq + value
+        return arg
+
+    def refuse_unknown(self, unknown: list[str]):
+        if unknown:
+            option = unknown[0].partition("=")[0]
+            known = [o for o in self._option_string_actions if o.startswith("--")]
+            self.error(f"unknown option {option}{suggest(option, known)}")
+
+
+def add_options(parser: argparse.ArgumentParser, cfg, title: str, prefix: str = "") -> None:
+    """One `--<prefix><key> VALUE` option per leaf field of `cfg`, typed and checked when parsed."""
+    group = parser.add_argument_group(title)
     for key, value in flatten(cfg).items():
         typ = _leaf_types(type(cfg))[key]
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        group.add_argument(f"--{key}", metavar=_type_name(typ).upper().replace(" ", ""),
-                           default=None, help=f"{_type_name(typ)}, default: {shown}")
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        parser.error(
-            f"unknown option(s) {unknown}; valid config keys are: "
-            + ", ".join(f"--{k}" for k in flatten(cfg))
-        )
-    overrides = {k: v for k, v in vars(args).items() if k in flatten(cfg) and v is not None}
+        metavar = "BOOL" if typ is bool else _type_name(typ).replace(" ", "")
+        group.add_argument(f"--{prefix}{key}", dest=f"{prefix}{key}", metavar=metavar, default=None,
+                           help=f"{_type_name(typ)}, default: {shown}")
+
+
+def chosen(args: argparse.Namespace, cfg, prefix: str = "") -> dict[str, Any]:
+    """The {key: string} overrides of `cfg` given on the command line."""
+    return {k: v for k in flatten(cfg) if (v := getattr(args, f"{prefix}{k}", None)) is not None}
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """A config file (JSON, or YAML by its suffix) as nested dicts; a workdir's config.json record gives
+    its 'config'."""
     try:
+        with open(path) as f:
+            if path.endswith((".yaml", ".yml")):
+                import yaml  # a dependency of flax
+
+                data = yaml.safe_load(f)
+            else:
+                data = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read it ({e.strerror})") from None
+    except ValueError as e:
+        raise ConfigError(f"--config {path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} "
+                          f"({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data["config"] if isinstance(data.get("config"), dict) and "experiment" in data else data
+
+
+def _flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def parse_args(cfg, argv: Sequence[str] | None = None, description: str = "", extra=None,
+               derived: Sequence[str] = ()):
+    """Parses `--key value` / `--key=value` overrides of `cfg`, `--config FILE` and `--workdir`.
+
+    Returns (cfg, args) where args holds --workdir and any options added by `extra(parser)`. Values
+    come from the defaults, then the --config file (JSON or YAML; a workdir's config.json repeats its
+    run), then the command line. `derived` keys are set from the data by the experiment: the command
+    line refuses them, a config file's values are ignored. `--print_config` prints the resolved config
+    as JSON and exits. Errors are one line naming the key and the fix, exit status 2.
+    """
+    parser = ArgumentParser(description=description)
+    parser.add_argument("--workdir", help="where checkpoints, logs and samples go (required to run)")
+    parser.add_argument("--config", metavar="FILE", help="JSON or YAML config (e.g. a run's config.json); "
+                        "command-line options override it")
+    parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    if extra is not None:
+        extra(parser)
+    add_options(parser, cfg, "config overrides (type, default)")
+    args, unknown = parser.parse_known_args(argv)
+    parser.refuse_unknown(unknown)
+    overrides = chosen(args, cfg)
+    try:
+        for key in derived:
+            if key in overrides:
+                raise ConfigError(f"{key} is taken from the data (--data), not set by hand; drop --{key}")
+        if args.config:
+            from_file = {k: v for k, v in _flatten_dict(read_file(args.config)).items() if k not in derived}
+            cfg = override(cfg, from_file)
         cfg = override(cfg, overrides)
     except ConfigError as e:
         parser.error(str(e))
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+        raise SystemExit(0)
+    if not args.workdir:
+        parser.error("--workdir is required: the folder where this run's checkpoints, logs and samples go")
     return cfg, args
 
 

@@ -134,3 +134,9 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def note(msg: str) -> None:
+    """A one-line progress note on stderr (process 0 only), e.g. before a long silent phase."""
+    if jax.process_index() == 0:
+        print(f"genjax: {msg}", file=sys.stderr, flush=True)

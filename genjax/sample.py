@@ -2,11 +2,16 @@
 
     python -m genjax.sample WORKDIR --num 64 --out samples.npy [--seed 0]
     python -m genjax.sample WORKDIR --num 16 --out grid.png --sampler ddim --steps 50 --guidance 2 --labels 3
-    python -m genjax.sample WORKDIR --prompt "def main" --length 200        # text models
+    python -m genjax.sample WORKDIR --prompt "def main" --length 200        # text runs
+    python -m genjax.sample WORKDIR --help                                  # this run's options
 
-Image runs write float32 (N, H, W, C) in [0, 1] to a .npy file (a .png path writes a grid instead).
 The workdir's config.json says which family and model config made the run; its newest restorable
-checkpoint gives the weights (the EMA weights where the run kept them).
+checkpoint gives the weights (the EMA weights where the run kept them). The sampling options are the
+family's `SampleOptions` fields, typed and checked before anything compiles; runs with a tokenizer take
+--prompt as text. Image runs write float32 (N, H, W, C) in [0, 1] to a .npy file or a .png grid; point
+runs a .npy; text runs print the text (or write .txt / .npy token ids). Samples are drawn in compiled
+batches of --batch_size with a progress bar; Ctrl-C stops at once and keeps the finished batches.
+Sample i depends on the seed and --batch_size only.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,69 +30,172 @@ from genjax.checkpoint import CheckpointError, restore_raw
 from genjax.config import ConfigError
 from genjax.models import get as get_family
 
+TEXT_FIELDS = ("prompt", "stop_token")  # set from the run's tokenizer and --prompt
+EXIT_INTERRUPTED = 130
+
 
 def load_run(workdir: str, use_ema: bool = True):
-    """(family module, model config, params, step) of the newest restorable checkpoint in `workdir`."""
+    """(family module, model config, params, step) of the newest restorable checkpoint in `workdir`.
+
+    Refuses (ConfigError) a checkpoint whose parameters do not have the shapes its config.json implies.
+    """
     record = config_lib.load(workdir)
     family = get_family(record["family"])
     model_cfg = config_lib.from_dict(family.Config, record["config"]["model"])
     step, raw = restore_raw(os.path.join(workdir, "checkpoints"))
     params = raw.get("ema_params") if use_ema and raw.get("ema_params") is not None else raw["params"]
+    expected = jax.eval_shape(lambda key: family.init(key, model_cfg), jax.random.key(0))
+    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)  # noqa: E731
+    if shapes(params) != shapes(expected):
+        raise ConfigError(f"the checkpoint at step {step} in {workdir} does not match its config.json (another "
+                          "model, or a checkpoint format older than this genjax); retrain or use the run's genjax")
     return family, model_cfg, params, step
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m genjax.sample", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _tokenizer(workdir: str):
+    from genjax.data import text
+
+    return text.load_tokenizer(workdir) if os.path.exists(os.path.join(workdir, text.TOKENIZER_FILE)) else None
+
+
+def _parser(family=None, options=None, text: bool = False) -> config_lib.ArgumentParser:
+    p = config_lib.ArgumentParser(prog="python -m genjax.sample", description=__doc__)
     p.add_argument("workdir", help="a run's --workdir (holds config.json and checkpoints/)")
-    p.add_argument("--num", type=int, default=64, help="number of samples (images), default 64")
-    p.add_argument("--out", default=None, help="output .npy (or .png grid); default WORKDIR/samples.npy")
+    p.add_argument("--num", type=int, default=None, help="number of samples (default 64; text runs 1)")
+    p.add_argument("--out", default=None, help=".npy or .png (images), .npy (points), .txt or .npy (text); "
+                   "default WORKDIR/samples.npy (text runs print)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, default 0")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
-    g = p.add_argument_group("diffusion")
-    g.add_argument("--sampler", default=None, help="ddpm | ddim | dpm++2m")
-    g.add_argument("--steps", type=int, default=None, help="sampler steps")
-    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    g.add_argument("--eta", type=float, default=None, help="DDIM eta")
-    g.add_argument("--labels", default=None,
-                   help="class labels for conditional models: one int, or a comma-separated list (cycled)")
-    t = p.add_argument_group("text")
-    t.add_argument("--prompt", default=None, help="text prompt (text models)")
-    t.add_argument("--length", type=int, default=200, help="new tokens to generate, default 200")
-    t.add_argument("--temperature", type=float, default=1.0)
-    t.add_argument("--top-k", type=int, default=0)
-    t.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--batch_size", type=int, default=256, help="samples per compiled call, default 256")
+    p.add_argument("--no_ema", action="store_true", help="use the raw weights even if the run kept an EMA")
+    if text:
+        p.add_argument("--prompt", default="", help="text the samples continue (default: none)")
+    if family is not None:
+        fields = {k: v for k, v in config_lib.flatten(options).items() if not (text and k in TEXT_FIELDS)}
+        group = p.add_argument_group(f"{family.__name__.split('.')[-1]} sampling options (type, default)")
+        for key, value in fields.items():
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            group.add_argument(f"--{key}", default=None, help=f"default: {shown}")
     return p
 
 
+def _options(parser) -> list[str]:
+    return [o for o in parser._option_string_actions if o.startswith("--")]
+
+
+def _check_out(out: str, kind: str) -> None:
+    suffixes = {"images": (".npy", ".png"), "points": (".npy",), "tokens": (".txt", ".npy")}[kind]
+    if not out.endswith(suffixes):
+        raise ConfigError(f"--out {out}: {kind} are written as {' or '.join(suffixes)}; name the file so")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--out {out}: the folder {parent} does not exist (or is a file); create it first")
+    if os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a folder; give a file name")
+
+
+def _kind(family, cfg, params) -> str:
+    """'images', 'points' or 'tokens': what the family's sampler returns for this run (traced, not run)."""
+    shape = jax.eval_shape(lambda p: family.sample(p, jax.random.key(0), 1, cfg), params)
+    if jax.numpy.issubdtype(shape.dtype, jax.numpy.integer):
+        return "tokens"
+    return "images" if len(shape.shape) == 4 else "points"
+
+
+def _wait(x) -> Any:
+    """Blocks until `x` is computed, polling, so that Ctrl-C (KeyboardInterrupt) lands at once."""
+    while not x.is_ready():
+        time.sleep(0.02)
+    return np.asarray(x)
+
+
+def _write(out: str | None, samples: np.ndarray, kind: str, tok, prompt: str) -> str:
+    if kind == "tokens" and (out is None or out.endswith(".txt")):
+        texts = [prompt + tok.decode(row[row >= 0]) for row in samples] if tok is not None else \
+            [" ".join(map(str, row[row >= 0])) for row in samples]
+        if out is None:
+            print("\n\n".join(texts))
+            return "stdout"
+        payload = ("\n\n".join(texts) + "\n").encode("utf-8")
+        tmp = f"{out}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(payload)
+    elif out.endswith(".png"):
+        from genjax.log import save_grid
+
+        tmp = f"{out}.tmp.png"
+        save_grid(tmp, samples)
+    else:
+        tmp = f"{out}.tmp"
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
+            np.save(f, samples)
+    os.replace(tmp, out)
+    return out
+
+
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    workdir = next((a for a in argv if not a.startswith("-")), None)
+    if workdir is None:
+        _parser().parse_args(argv)  # --help, or the missing-workdir error
     try:
-        family, cfg, params, step = load_run(args.workdir, use_ema=not args.no_ema)
+        record = config_lib.load(workdir)
+        family = get_family(record["family"])
+        model_cfg = config_lib.from_dict(family.Config, record["config"]["model"])
+        tok = _tokenizer(workdir)
+    except (FileNotFoundError, ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parser = _parser(family, family.SampleOptions(), text=tok is not None)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        name = unknown[0].partition("=")[0]
+        parser.error(f"{name} is not an option of {record['family']} runs{config_lib.suggest(name, _options(parser))}")
+    try:
+        options = config_lib.override(family.SampleOptions(), config_lib.chosen(args, family.SampleOptions()))
+        if tok is not None:
+            stop = -1 if tok.eos_id is None else tok.eos_id
+            from genjax.data.text import encode_prompt
+
+            options = config_lib.override(options, {"prompt": encode_prompt(tok, args.prompt), "stop_token": stop})
+        options.validate(model_cfg)
+        _, _, params, step = load_run(workdir, use_ema=not args.no_ema)
+        kind = _kind(family, model_cfg, params)
+        num = args.num if args.num is not None else (1 if kind == "tokens" else 64)
+        for flag, value in (("--num", num), ("--batch_size", args.batch_size)):
+            if value < 1:
+                raise ConfigError(f"{flag} {value} must be >= 1")
+        out = args.out or (None if kind == "tokens" else os.path.join(workdir, "samples.npy"))
+        if out is not None:
+            _check_out(out, kind)
     except (FileNotFoundError, CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if hasattr(family, "sample_cli"):  # text families print text
-        text = family.sample_cli(args.workdir, params, cfg, prompt=args.prompt or "", length=args.length,
-                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                 seed=args.seed)
-        print(text)
-        return 0
-    options = {k: v for k, v in dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                      eta=args.eta).items() if v is not None}
-    if args.labels is not None:
-        labels = [int(x) for x in args.labels.split(",") if x.strip()]
-        options["labels"] = np.resize(np.asarray(labels, np.int32), args.num)
-    images = np.asarray(family.sample(params, jax.random.key(args.seed), args.num, cfg, **options), np.float32)
-    out = args.out or os.path.join(args.workdir, "samples.npy")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    if out.endswith(".png"):
-        from genjax.log import save_grid
+    return _draw(family, model_cfg, params, step, options, num, args, out, kind, tok)
 
-        save_grid(out, images)
-    else:
-        np.save(out, images)
-    print(f"genjax: wrote {images.shape[0]} samples of shape {images.shape[1:]} from step {step} to {out}")
+
+def _draw(family, cfg, params, step, options, num, args, out, kind, tok) -> int:
+    from tqdm.auto import tqdm
+
+    key = jax.random.key(args.seed)
+    done: list[np.ndarray] = []
+    sizes = [min(args.batch_size, num - lo) for lo in range(0, num, args.batch_size)]
+    print(f"genjax: compiling the sampler ({family.__name__.split('.')[-1]}, step {step})...", file=sys.stderr)
+    bar = tqdm(total=num, unit="sample", file=sys.stderr, disable=len(sizes) == 1 and not sys.stderr.isatty())
+    try:
+        for i, size in enumerate(sizes):
+            done.append(_wait(family.sample(params, jax.random.fold_in(key, i), size, cfg, options)))
+            bar.update(size)
+    except KeyboardInterrupt:
+        bar.close()
+        kept = f"; the {sum(len(d) for d in done)} finished samples went to " + \
+            _write(out, np.concatenate(done), kind, tok, getattr(args, "prompt", "")) if done and out else ""
+        print(f"genjax: interrupted{kept}", file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)  # the compiled call still running would hold the interpreter's exit
+    bar.close()
+    samples = np.concatenate(done)
+    where = _write(out, samples, kind, tok, getattr(args, "prompt", ""))
+    print(f"genjax: wrote {len(samples)} samples of shape {samples.shape[1:]} from step {step} to {where}",
+          file=sys.stderr)
     return 0
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from typing import Iterator, Literal
 
 import numpy as np
@@ -229,6 +230,19 @@ def load_tokenizer(path: str) -> Tokenizer:
     raise ConfigError(f"{path}: unknown tokenizer kind {record.get('kind')!r}")
 
 
+def encode_prompt(tok: Tokenizer, prompt: str) -> tuple[int, ...]:
+    """A sample prompt's token ids (the tokenizer's start token for an empty prompt); a character the
+    tokenizer cannot encode is a one-line ConfigError naming it."""
+    if not prompt:
+        return (tok.bos_id,)
+    try:
+        ids = tok.encode(prompt)
+    except ConfigError as e:
+        raise ConfigError(f"prompt {prompt[:40]!r}: {str(e).split(';')[0]}; this run's tokenizer "
+                          "knows only its training text's characters") from None
+    return tuple(int(i) for i in ids) or (tok.bos_id,)
+
+
 # ----------------------------------------------------------------------------- token files
 
 
@@ -284,6 +298,15 @@ def prepare(text: str, workdir: str, tokenizer: Literal["char", "bpe"] = "char",
         json.dump(meta, f, indent=2)
     os.replace(tmp, meta_path)
     return _open(workdir, meta)
+
+
+def remove_prepared(workdir: str) -> None:
+    """Removes what `prepare` wrote (data/, tokenizer.json) and the workdir itself if that leaves it empty."""
+    shutil.rmtree(os.path.join(workdir, "data"), ignore_errors=True)
+    if os.path.exists(os.path.join(workdir, TOKENIZER_FILE)):
+        os.remove(os.path.join(workdir, TOKENIZER_FILE))
+    if os.path.isdir(workdir) and not os.listdir(workdir):
+        os.rmdir(workdir)
 
 
 def _open(workdir: str, meta: dict) -> TextData:

@@ -14,23 +14,28 @@ from genjax.metrics.manifold import precision_recall
 K_NEAREST = 3  # Kynkaanniemi et al.'s choice for precision/recall
 
 
-def _scores(net, real_features: np.ndarray, fake: np.ndarray) -> dict:
+def _scores(net, real_features: np.ndarray, fake: np.ndarray, labels=None) -> dict:
     fake_features = net.features(fake)
     kid, kid_std = kernel_inception_distance(real_features, fake_features)
     precision, recall = precision_recall(real_features, fake_features, K_NEAREST)
     out = {"frechet": frechet_distance(real_features, fake_features), "kid": kid, "kid_std": kid_std,
            "precision": precision, "recall": recall}
     if getattr(net, "num_classes", 0):
-        counts = np.bincount(net.predict(fake), minlength=net.num_classes) / len(fake)
+        predicted = net.predict(fake)
+        counts = np.bincount(predicted, minlength=net.num_classes) / len(fake)
         # total variation distance between the samples' predicted classes and uniform: 0 = balanced
         out["class_tv"] = float(0.5 * np.abs(counts - 1.0 / net.num_classes).sum())
+        out["class_hist"] = counts.tolist()
+        if labels is not None:  # a conditional model: does it draw the class it is asked for?
+            out["label_accuracy"] = float(np.mean(predicted == np.asarray(labels)))
     return out
 
 
-def sample_quality(net, real: np.ndarray, fake: np.ndarray) -> dict:
+def sample_quality(net, real: np.ndarray, fake: np.ndarray, labels=None) -> dict:
     """Frechet distance, KID, precision and recall (k=3) of `fake` against `real` in `net`'s features,
-    and (classifiers only) `class_tv`, the predicted-class histogram's distance from uniform."""
-    return _scores(net, net.features(real), fake)
+    and (classifiers only) `class_tv`, the predicted-class histogram's distance from uniform,
+    `class_hist`, and with the classes the samples were drawn for (`labels`) `label_accuracy`."""
+    return _scores(net, net.features(real), fake, labels)
 
 
 def gaussian_mixture_baseline(images: np.ndarray, num: int, components: int = 10,

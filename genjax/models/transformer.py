@@ -460,7 +460,7 @@ def generate(params, key, prompt_tokens, prompt_lengths=None, max_new_tokens: in
     return out[:, :max_new_tokens], counts
 
 
-def sample(params, key, num: int, cfg: Config, options: SampleOptions = SampleOptions()) -> np.ndarray:
+def sample(params, key, num: int, cfg: Config, options: SampleOptions = SampleOptions()) -> jax.Array:
     """int32 (num, length) new tokens continuing `options.prompt` (default: token 0, the first symbol of
     the vocabulary / BPE's end-of-text); a row that drew `stop_token` ends with it, then -1s."""
     options.validate(cfg)
@@ -468,5 +468,4 @@ def sample(params, key, num: int, cfg: Config, options: SampleOptions = SampleOp
     tokens, counts = generate(params, key, prompt, None, options.length, cfg, temperature=options.temperature,
                               top_k=options.top_k, top_p=options.top_p, greedy=options.greedy,
                               stop_token=options.stop_token)
-    tokens, counts = np.asarray(tokens), np.asarray(counts)
-    return np.where(np.arange(options.length)[None, :] < counts[:, None], tokens, -1).astype(np.int32)
+    return jnp.where(jnp.arange(options.length)[None, :] < counts[:, None], tokens, -1).astype(jnp.int32)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -23,11 +21,12 @@ def init_params(module: nn.Module, key: jax.Array, *inputs, method=None) -> dict
     """`module`'s float32 parameters as a plain nested dict, initialized in one quickly compiled call.
 
     Init runs once per run, so it is compiled at XLA's lowest optimization level (a quicker compile
-    matters more than a faster init).
+    matters more than a faster init); inside a trace (jax.eval_shape, an outer jit) it is traced inline.
     """
 
-    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
     def init(key, *inputs):
         return module.init({"params": fast_key(key)}, *inputs, method=method)["params"]
 
+    if not isinstance(key, jax.core.Tracer):
+        init = jax.jit(init, compiler_options={"xla_backend_optimization_level": 0})
     return nn.meta.unbox(init(key, *inputs))
