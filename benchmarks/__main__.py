@@ -1,81 +1,114 @@
-"""Run the genjax benchmark suite and write results/<device>-<date>.{json,md}.
+"""The benchmark suite: every family's train step (benchmarks/cases.py) and sampling speed, written to
+results/<device>-<date>.{json,md}. MFU is against the device table's peak on GPU/TPU, else against a
+float32 matmul measured in the same run. Rerun here rather than trusting another machine's table.
 
     python -m benchmarks                  # CPU-sized cases on a CPU, GPU-sized on an accelerator
     python -m benchmarks --quick          # a smoke version (under a minute on 2 CPU cores)
     python -m benchmarks --only transformer --only diffusion
     python -m benchmarks --size gpu --out $OUT   # what benchmarks/gpu.sh runs on a lent GPU
-
-For every family: compile time, median step time, examples (or tokens) per second, FLOPs per step from
-XLA's cost analysis, and MFU against a peak (measured in the same run on CPU; the device table on
-GPU/TPU, with the measured matmul rate beside it). Then sampling speed for diffusion and the
-transformer. Results depend on the machine: rerun here rather than trusting another machine's table.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import datetime
+import statistics
 import sys
 import traceback
 
 import jax
 
-from benchmarks import harness, suite
+from benchmarks import cases, report, timing
+
+
+def train_row(name: str, size: str, steps: int, peak: float | None) -> dict:
+    case = cases.CASES[name][size]
+    flops = timing.flops(*cases.step_flops_args(case))
+    state, step, batch = cases.build(case)
+    params = sum(x.size for x in jax.tree.leaves(state.params))  # before the timed steps donate them
+    run, compile_s = timing.stepper(step, state, [jax.device_put(batch)])
+    times = timing.timed(lambda: run(1), steps, warmup=2)
+    step_s, memory = statistics.median(times), getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+    return {"family": name, "size": size, "params": int(params), "batch": case.batch_size,
+            "unit": "tokens" if case.text else "images", "compile_s": compile_s, "step_s_median": step_s,
+            "step_s_min": min(times), "flops_per_step": flops, "memory": memory.get("peak_bytes_in_use"),
+            "examples_per_s": case.examples_per_step / step_s, "mfu": timing.mfu(flops, step_s, peak),
+            "peak_used": peak, "compute_dtype": case.model.dtype}
+
+
+def sampling_rows(name: str, size: str, quick: bool) -> list[dict]:
+    rows = []
+    for what, setting, items, calls, draw in cases.sampling(name, size, quick):
+        call_s = timing.median_time(lambda: jax.block_until_ready(draw()), calls)
+        rows.append({"family": name, "what": what, "setting": setting, "call_s": call_s,
+                     "items_per_s": items / call_s})
+    return rows
+
+
+def markdown(results: dict) -> str:
+    env, peaks = results["environment"], results.get("peaks")
+    num = lambda key, scale=1: lambda r: report.fmt(r[key] and r[key] * scale)  # noqa: E731
+    lines = [f"# genjax benchmarks: {env['device_kind']} x{env['device_count']} ({env['backend']}), "
+             f"jax {env['jax']}, {env['date']}", ""]
+    if peaks:
+        lines += ["Peaks (FLOP/s): " + ", ".join(f"{k} {report.fmt(v)}" for k, v in peaks.items()), ""]
+    if results.get("train"):
+        lines += report.table(results["train"], {
+            "family": "{family}", "size": "{size}", "params": "{params:,}", "batch": "{batch}",
+            "compile s": num("compile_s"), "step ms": num("step_s_median", 1e3),
+            "examples/s": num("examples_per_s"),
+            "GFLOP/step": lambda r: report.fmt(r["flops_per_step"] and r["flops_per_step"] / 1e9),
+            "MFU": lambda r: f"{report.fmt(r['mfu'] * 100)}%" if r.get("mfu") else "-"}) + [""]
+    if results.get("sampling"):
+        lines += report.table(results["sampling"], {
+            "family": "{family}", "what": "{what}", "setting": "{setting}", "per call ms": num("call_s", 1e3),
+            "items/s": num("items_per_s")}) + [""]
+    return "\n".join(lines + [f"- {note}" for note in results.get("notes", [])]) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="few steps, small settings: a smoke run")
-    p.add_argument("--only", action="append", choices=sorted(suite.CASES), help="families to run (repeatable)")
+    p.add_argument("--only", action="append", choices=sorted(cases.CASES), help="families (repeatable)")
     p.add_argument("--size", choices=("auto", "cpu", "gpu"), default="auto",
                    help="model sizes: auto = cpu on a CPU backend, gpu otherwise")
     p.add_argument("--steps", type=int, default=None, help="timed steps per case (default 20, quick 5)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
-                   help="output folder for the JSON and markdown results")
+    p.add_argument("--out", default=report.RESULTS, help="output folder for the JSON and markdown results")
     p.add_argument("--name", default=None, help="result file stem (default <device>-<date>)")
     args = p.parse_args(argv)
 
     size = args.size if args.size != "auto" else ("cpu" if jax.default_backend() == "cpu" else "gpu")
-    steps = args.steps or (5 if args.quick else 20)
-    families = args.only or list(suite.CASES)
-    env = harness.environment()
-    print(f"benchmarks: {env['device_kind']} x{env['device_count']}, jax {env['jax']}, size={size}", flush=True)
-
-    measured = {d: harness.measure_matmul_peak(d, n=1024 if args.quick else None) for d in ("float32", "bfloat16")}
-    table = {d: harness.table_peak(dtype=d) for d in ("float32", "bfloat16")}
-    peaks = {f"measured_matmul_{d}": v for d, v in measured.items()}
-    peaks.update({f"table_{d}": v for d, v in table.items() if v})
+    env = report.environment()
+    print(f"benchmarks: {env['device_kind']} x{env['device_count']}, jax {env['jax']}, size {size}")
+    dtypes = ("float32", "bfloat16")
+    measured = {d: timing.matmul_peak(d, n=1024 if args.quick else None, repeats=7) for d in dtypes}
+    table = {d: timing.table_peak(d) for d in dtypes}
+    peaks = {**{f"measured_matmul_{d}": v for d, v in measured.items()},
+             **{f"table_{d}": v for d, v in table.items() if v}}
     results = {"environment": env, "size": size, "quick": args.quick, "peaks": peaks, "train": [],
                "sampling": [], "errors": [], "notes": []}
-
-    for name in families:
+    for name in args.only or list(cases.CASES):
         try:
-            case = suite.CASES[name](size)
-            dtype = getattr(getattr(case, "cfg", None), "dtype", None)
-            # MFU denominator: the device table where the device is known, else the matmul measured now.
-            compute = "bfloat16" if size == "gpu" and name in ("diffusion", "transformer") else "float32"
-            peak = table[compute] or measured[compute]
-            row = suite.run_train(case, steps, peak)
-            row["peak_used"] = peak
-            row["compute_dtype"] = dtype or compute
+            dtype = cases.CASES[name][size].model.dtype  # MFU against this dtype's peak
+            steps = args.steps or (5 if args.quick else 20)
+            row = train_row(name, size, steps, table[dtype] or measured[dtype])
             results["train"].append(row)
             print(f"  train {name:12s} {row['step_s_median'] * 1e3:9.2f} ms/step "
-                  f"{row['examples_per_s']:12,.0f} {row['unit']}/s  MFU "
-                  f"{(row['mfu'] or 0) * 100:5.1f}%", flush=True)
-            if name in suite.SAMPLING:
-                for r in suite.SAMPLING[name](size, args.quick):
-                    results["sampling"].append(r)
-                    print(f"  sample {name:11s} {r['what']} ({r['setting']}): {r['call_s'] * 1e3:.1f} ms, "
-                          f"{r['items_per_s']:,.0f}/s", flush=True)
+                  f"{row['examples_per_s']:12,.0f} {row['unit']}/s  MFU {(row['mfu'] or 0) * 100:5.1f}%")
+            for r in sampling_rows(name, size, args.quick):
+                results["sampling"].append(r)
+                print(f"  sample {name:11s} {r['what']} ({r['setting']}): {r['call_s'] * 1e3:.1f} ms, "
+                      f"{r['items_per_s']:,.0f}/s", flush=True)
         except Exception as e:  # one broken case must not hide the others' numbers
             traceback.print_exc()
             results["errors"].append(f"{name}: {type(e).__name__}: {e}")
-    results["notes"].append("FLOPs per step from XLA's cost analysis of the compiled step; MFU against "
-                            + ("the device table's peak" if size == "gpu" else "the float32 matmul measured in this run"))
-    json_path, md_path = harness.write_results(results, args.out, args.name)
-    print(open(md_path).read())
-    print(f"benchmarks: wrote {json_path} and {md_path}")
+    against = "the device table's peak" if size == "gpu" else "the float32 matmul measured in this run"
+    results["notes"].append(f"FLOPs per step from XLA's cost analysis of the unoptimized step; MFU against "
+                            f"{against}")
+    stem = args.name or f"{report.device_slug()}-{datetime.date.today().isoformat()}"
+    base = report.write(args.out, stem, results, markdown(results), sort_keys=True)
+    print(f"benchmarks: wrote {base}.json and {base}.md")
     return 1 if results["errors"] else 0
 
 

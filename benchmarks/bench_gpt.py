@@ -1,423 +1,185 @@
-"""GPT on CPU, genjax vs a plain PyTorch reference, at 1 and 2 threads, in one run.
+"""GPT on CPU, genjax vs the PyTorch reference, each thread count in a pinned child: training tokens/s at
+nanoGPT's CPU config with gpt_text's optimizer (genjax also with scan_layers and in bf16; MFU from 6N +
+attention FLOPs per token), 500 new tokens by genjax's KV cache against loops that rerun the whole
+context per token, and (at the most threads) a new token's cost against context length.
 
-    python benchmarks/bench_gpt.py          # ~5 minutes on 2 idle cores; torch==2.13.0 for the torch rows
-    python benchmarks/bench_gpt.py --quick         # fewer repetitions, for a smoke test
-
-Measures, each in a child process pinned to N cores (sched_setaffinity before JAX or torch start, so
-XLA's and torch's thread pools both see N cores; torch.set_num_threads(N)):
-  - a matmul peak (float32 and bfloat16-in/float32-accumulate jnp.dot at 2048^2) for MFU;
-  - training tokens/s at nanoGPT's CPU config (4 layers, 4 heads, 128 dims, context 64, batch 12,
-    vocab 65): genjax's full compiled step (AdamW, warmup+cosine, clipping, non-finite guard) against
-    torch eager with the same model, init, optimizer and schedule; repetitions interleaved so that
-    background load hits both alike; MFU = (6 N + 12 L T d) FLOPs/token x tokens/s / peak;
-  - generation of 500 new tokens at batch 1 with the same model dims and a 512-token context: genjax's
-    KV-cache generate (one compiled call) against a no-cache loop that re-runs the whole context for
-    every token (genjax: jitted forward on the context padded to a multiple of 64; torch: nanoGPT's
-    generate), and the same at the 64-token context of the CPU config (genjax slides its cache window);
-  - cost per new token against context length (2 threads): KV-cache decode vs a full forward of c tokens.
-Writes benchmarks/results/gpt_cpu.json and gpt_cpu.md.
+    python -m benchmarks.bench_gpt            # ~5 minutes on 2 idle cores -> results/gpt_cpu.{json,md}
+    python -m benchmarks.bench_gpt --quick    # fewer repetitions: a smoke test (gpt_cpu_quick)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-import time
+import functools
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-try:
-    from benchmarks import pinned
-    from benchmarks.pinned import median, pin, run_children, timed, torch_or_none
-except ImportError:  # run as a script
-    import pinned
-    from pinned import median, pin, run_children, timed, torch_or_none
+from benchmarks import pinned, report
 
-TRAIN = dict(n_layer=4, n_head=4, d_model=128, block_size=64, vocab_size=65, batch=12)
+NEW_TOKENS = 500
 
 
-# ----------------------------------------------------------------------------- worker (one thread count)
-
-
-def worker(threads: int, quick: bool) -> dict:
-    pin(threads)
-    import functools
-
+def train_rows(ref, peaks: dict, reps: int) -> dict:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    from genjax import train
-    from genjax.models import transformer as T
+    from benchmarks import cases, timing
+    from experiments import gpt_text
 
-    torch = torch_or_none(threads)
-    if torch is not None:
-        import torch_gpt
-
-    reps = 3 if quick else 7
-    out: dict = {"threads": threads, "load_avg_start": os.getloadavg()[0]}
-
-    # ---- matmul peak
-    size = 2048
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    f32 = jax.jit(lambda x, y: jnp.dot(x, y))
-    bf16 = jax.jit(lambda x, y: jnp.dot(x.astype(jnp.bfloat16), y.astype(jnp.bfloat16),
-                                        preferred_element_type=jnp.float32))
-    flops = 2.0 * size**3
-    out["peak_gflops_f32"] = flops / timed(lambda: f32(a, b).block_until_ready()) / 1e9
-    out["peak_gflops_bf16"] = flops / timed(lambda: bf16(a, b).block_until_ready()) / 1e9
-    if torch is not None:
-        ta, tb = torch.randn(size, size), torch.randn(size, size)
-        out["torch_peak_gflops_f32"] = flops / timed(lambda: ta @ tb) / 1e9
-
-    # ---- training throughput
-    c = TRAIN
-    tokens_per_step = c["batch"] * c["block_size"]
-    rng = np.random.default_rng(0)
-    shape = (c["batch"], c["block_size"] + 1)
-    batches = [rng.integers(0, c["vocab_size"], shape).astype(np.int32) for _ in range(8)]
-    tcfg = train.TrainConfig(steps=2000, lr=1e-3, warmup_steps=100, schedule="cosine", weight_decay=0.1,
-                             b2=0.99, grad_clip=1.0)
-    tx = train.make_optimizer(tcfg)
-    model_kw = {k: c[k] for k in ("n_layer", "n_head", "d_model", "block_size", "vocab_size")}
-    variants = {"genjax f32": {}, "genjax f32 scan_layers": {"scan_layers": True},
-                "genjax bf16": {"dtype": "bfloat16"}}
+    hp, cfg = gpt_text.Config().train, cases.gpt()
+    tokens, rng = hp.batch_size * cfg.block_size, np.random.default_rng(0)
+    shape = (hp.batch_size, cfg.block_size + 1)
+    batches = [rng.integers(0, cfg.vocab_size, shape, dtype=np.int32) for _ in range(8)]
     runners = {}
-    for name, kw in variants.items():
-        cfg = T.Config(**model_kw, **kw)
-        state = train.init_state(jax.random.key(0), T.init(jax.random.key(1), cfg), tx)
-        step = jax.jit(train.make_step(functools.partial(T.loss, cfg=cfg), tx), donate_argnums=0)
-        dev_batches = [{"tokens": jnp.asarray(x)} for x in batches]
-        t = time.perf_counter()
-        state, m = step(state, dev_batches[0])
-        jax.block_until_ready(m)
-        compile_s = time.perf_counter() - t
-        holder = {"state": state}
+    for name, variant in {"genjax f32": cases.gpt(), "genjax f32 scan_layers": cases.gpt(scan_layers=True),
+                          "genjax bf16": cases.gpt(dtype="bfloat16")}.items():
+        run, compile_s = timing.stepper(cases.train_step("transformer", variant, hp),
+                                        cases.init_state("transformer", variant, hp),
+                                        [{"tokens": jax.device_put(b)} for b in batches])
+        runners[name] = (run, compile_s, cases.gpt_flops_per_token(variant) * tokens, peaks[variant.dtype])
+    if ref:
+        step = ref.make_trainer(ref.gpt(cfg), ref.gpt_loss, hp)
+        tbatches = [ref.torch.from_numpy(b.astype(np.int64)) for b in batches]
+        runners["torch f32 (eager)"] = (lambda k: [step(tbatches[i % 8]) for i in range(k)], 0.0,
+                                        cases.gpt_flops_per_token(cfg) * tokens, peaks["float32"])
+    return pinned.compare(runners, reps, tokens, "tokens", min_steps=2)
 
-        def run(k, step=step, holder=holder, dev_batches=dev_batches):
-            s = holder["state"]
-            for i in range(k):
-                s, m = step(s, dev_batches[i % 8])
-            jax.block_until_ready(m)
-            holder["state"] = s
 
-        run(3)
-        runners[name] = (run, T.flops_per_token(cfg), compile_s)
-    if torch is not None:
-        model = torch_gpt.GPT(c["vocab_size"], c["block_size"], c["n_layer"], c["n_head"], c["d_model"])
-        tstep = torch_gpt.make_trainer(model, lr=1e-3, warmup=100, steps=2000)
-        tbatches = [torch.from_numpy(x.astype(np.int64)) for x in batches]
+def generation(ref, ctx: int, quick: bool) -> dict:
+    """500 new tokens at batch 1 from genjax's KV cache, and from no-cache loops: genjax's jitted forward on
+    the context padded to a multiple of 64, and torch's nanoGPT generate."""
+    import jax
+    import numpy as np
 
-        def trun(k):
-            for i in range(k):
-                tstep(tbatches[i % 8])
+    from benchmarks import cases, timing
 
-        trun(3)
-        runners["torch f32 (eager)"] = (trun, T.flops_per_token(T.Config(**model_kw)), 0.0)
-    # Steps per repetition: about 1 s of work each (at most 20), so a slow run (torch at 2 threads under
-    # background load has taken seconds per step) cannot stretch the benchmark past its budget.
-    per_rep = {}
-    for name, (run, _, _) in runners.items():
-        t = time.perf_counter()
-        run(2)
-        per_rep[name] = int(min(20, max(2, 2.0 / max(time.perf_counter() - t, 1e-6))))
-    times: dict = {name: [] for name in runners}
-    for _ in range(reps):  # interleaved: background load hits every implementation alike
-        for name, (run, _, _) in runners.items():
-            t = time.perf_counter()
-            run(per_rep[name])
-            times[name].append((time.perf_counter() - t) / per_rep[name])
-    out["train"] = {}
-    for name, (_, fpt, compile_s) in runners.items():
-        step_s = median(times[name])
-        tps = tokens_per_step / step_s
-        peak = out["peak_gflops_bf16"] if "bf16" in name else out["peak_gflops_f32"]
-        out["train"][name] = {
-            "step_ms": 1e3 * step_s, "step_ms_min": 1e3 * min(times[name]), "tokens_per_s": tps,
-            "gflops": fpt * tps / 1e9, "mfu": fpt * tps / 1e9 / peak, "compile_s": compile_s,
-        }
+    cfg = cases.gpt(block_size=ctx)
+    params = cases.init("transformer", cfg, seed=2)
+    kv = lambda: cases.gpt_generate(params, jax.random.key(3), np.zeros((1, 1), np.int32), NEW_TOKENS,  # noqa
+                                    cfg).block_until_ready()
+    next_token = jax.jit(lambda p, window, n, key: jax.random.categorical(
+        key, cases.gpt_logits(p, window, cfg)[0, n - 1]))
 
-    # ---- generation: 500 new tokens at batch 1
-    new_tokens = 500
-    out["generate"] = {}
-    for ctx in (512, 64):
-        cfg = T.Config(**{**model_kw, "block_size": ctx})
-        params = T.init(jax.random.key(2), cfg)
-        prompt = np.zeros((1, 1), np.int32)
+    def recompute():
+        seq = [0]
+        for i in range(NEW_TOKENS):
+            context = seq[-ctx:]
+            window = np.zeros((1, min(ctx, -(-len(context) // 64) * 64)), np.int32)
+            window[0, :len(context)] = context
+            seq.append(int(next_token(params, window, len(context), jax.random.key(i))))
 
-        def kv():
-            toks, _ = T.generate(params, jax.random.key(3), prompt, None, new_tokens, cfg)
-            toks.block_until_ready()
+    for width in range(64, ctx + 1, 64):  # compile every window width before timing
+        next_token(params, np.zeros((1, width), np.int32), 1, jax.random.key(0)).block_until_ready()
+    row = {"kv_compile_s": timing.once(kv)[1]}
+    row["kv_cache_tokens_per_s"] = NEW_TOKENS / timing.median_time(kv, 1 if quick else 3)
+    row["recompute_tokens_per_s"] = NEW_TOKENS / timing.median_time(recompute, 1)
+    row["speedup_vs_recompute"] = row["kv_cache_tokens_per_s"] / row["recompute_tokens_per_s"]
+    if ref:
+        model, idx = ref.gpt(cfg).eval(), ref.torch.zeros((1, 1), dtype=ref.torch.long)
+        row["torch_recompute_tokens_per_s"] = NEW_TOKENS / timing.median_time(
+            lambda: model.generate(idx, NEW_TOKENS), 1)
+        row["speedup_vs_torch"] = row["kv_cache_tokens_per_s"] / row["torch_recompute_tokens_per_s"]
+    return row
 
-        t = time.perf_counter()
-        kv()
-        kv_compile = time.perf_counter() - t
-        kv_s = timed(kv, n=3 if not quick else 1)
 
-        @jax.jit
-        def next_token(params, window, length, key):
-            logits = T.forward(params, window, cfg)[0, length - 1]
-            return jax.random.categorical(key, logits)
+def token_cost(ref, ctx: int) -> dict:
+    """A new token's cost at context `ctx`: KV-cache decode ((time for n + 1 tokens - time for 1) / n from a
+    prompt of half the context, no window slide) against a full forward of the context."""
+    import jax
+    import numpy as np
 
-        def recompute():
-            seq = [0]
-            key = jax.random.key(4)
-            for i in range(new_tokens):
-                context = seq[-ctx:]
-                width = min(ctx, -(-len(context) // 64) * 64)
-                window = np.zeros((1, width), np.int32)
-                window[0, : len(context)] = context
-                seq.append(int(next_token(params, window, len(context), jax.random.fold_in(key, i))))
+    from benchmarks import cases, timing
 
-        for width in range(64, ctx + 1, 64):  # compile every bucket before timing
-            next_token(params, np.zeros((1, width), np.int32), 1, jax.random.key(0)).block_until_ready()
-        recompute_s = timed(recompute, n=1)
-        row = {"kv_cache_tokens_per_s": new_tokens / kv_s, "kv_compile_s": kv_compile,
-               "recompute_tokens_per_s": new_tokens / recompute_s}
-        row["speedup_vs_recompute"] = row["kv_cache_tokens_per_s"] / row["recompute_tokens_per_s"]
-        if torch is not None:
-            tmodel = torch_gpt.GPT(c["vocab_size"], ctx, c["n_layer"], c["n_head"], c["d_model"]).eval()
-            idx = torch.zeros((1, 1), dtype=torch.long)
-            torch_s = timed(lambda: tmodel.generate(idx, new_tokens), n=1)
-            row["torch_recompute_tokens_per_s"] = new_tokens / torch_s
-            row["speedup_vs_torch"] = row["kv_cache_tokens_per_s"] / row["torch_recompute_tokens_per_s"]
-        out["generate"][f"ctx{ctx}"] = row
+    cfg, n = cases.gpt(block_size=ctx), ctx // 2 - 8
+    params, prompt = cases.init("transformer", cfg, seed=2), np.zeros((1, ctx // 2), np.int32)
+    window = np.zeros((1, ctx), np.int32)
+    gen = lambda k: cases.gpt_generate(params, jax.random.key(3), prompt, k, cfg).block_until_ready()  # noqa
+    forward = jax.jit(functools.partial(cases.gpt_logits, cfg=cfg))
+    t1, tn = timing.median_time(lambda: gen(1), 7), timing.median_time(lambda: gen(n + 1), 7)
+    full_s = timing.median_time(lambda: forward(params, window).block_until_ready())
+    row = {"kv_decode_ms_per_token": 1e3 * (tn - t1) / n, "prefill_ms": 1e3 * t1, "new_tokens": n,
+           "recompute_ms_per_token": 1e3 * full_s}
+    row["ratio"] = row["recompute_ms_per_token"] / row["kv_decode_ms_per_token"]
+    if ref:
+        model, tokens = ref.gpt(cfg).eval(), ref.torch.zeros((1, ctx), dtype=ref.torch.long)
+        with ref.torch.no_grad():
+            row["torch_recompute_ms_per_token"] = 1e3 * timing.median_time(lambda: model(tokens))
+    return row
 
-    # ---- cost per new token against context length (KV decode vs a full forward of c tokens)
-    if threads == max(ARGS_THREADS) and not quick:
-        out["cost_vs_context"] = {}
-        for ctx in (64, 256, 1024):
-            cfg = T.Config(**{**model_kw, "block_size": ctx})
-            params = T.init(jax.random.key(2), cfg)
-            prompt = np.zeros((1, ctx // 2), np.int32)
-            n = ctx // 2 - 8  # new tokens at positions ctx/2 .. ctx - 8: no window slide
 
-            def gen(k):
-                toks, _ = T.generate(params, jax.random.key(3), prompt, None, k, cfg)
-                toks.block_until_ready()
+def measure(threads: int, quick: bool, cost: bool) -> dict:
+    from benchmarks import timing
 
-            gen(1)
-            t1, tn = timed(lambda: gen(1), 7), timed(lambda: gen(n + 1), 7)
-            kv_ms = 1e3 * (tn - t1) / n
-            fwd = jax.jit(functools.partial(T.forward, cfg=cfg))
-            window = jnp.zeros((1, ctx), jnp.int32)
-            fwd(params, window).block_until_ready()
-            full_ms = 1e3 * timed(lambda: fwd(params, window).block_until_ready())
-            row = {"kv_decode_ms_per_token": kv_ms, "prefill_ms": 1e3 * t1, "recompute_ms_per_token": full_ms,
-                   "new_tokens": n,
-                   "ratio": full_ms / kv_ms}
-            if torch is not None:
-                tmodel = torch_gpt.GPT(c["vocab_size"], ctx, c["n_layer"], c["n_head"], c["d_model"]).eval()
-                tw = torch.zeros((1, ctx), dtype=torch.long)
-                with torch.no_grad():
-                    row["torch_recompute_ms_per_token"] = 1e3 * timed(lambda: tmodel(tw))
-            out["cost_vs_context"][str(ctx)] = row
-    out["load_avg_end"] = os.getloadavg()[0]
+    ref = pinned.torch_reference(threads)
+    out = {"peak_gflops_f32": timing.matmul_peak("float32", 2048) / 1e9,
+           "peak_gflops_bf16": timing.matmul_peak("bfloat16", 2048) / 1e9}
+    if ref:
+        out["torch_peak_gflops_f32"] = timing.torch_matmul_peak(ref.torch) / 1e9
+    peaks = {"float32": out["peak_gflops_f32"], "bfloat16": out["peak_gflops_bf16"]}
+    out["train"] = train_rows(ref, peaks, 3 if quick else 7)
+    out["generate"] = {f"ctx{ctx}": generation(ref, ctx, quick) for ctx in (512, 64)}
+    if cost:
+        out["cost_vs_context"] = {str(ctx): token_cost(ref, ctx) for ctx in (64, 256, 1024)}
     return out
 
 
-ARGS_THREADS = (1, 2)
+def markdown(data: dict) -> str:
+    runs, nan, versions = data["runs"], float("nan"), data["versions"]
+    peaks = "; ".join(f"{r['threads']} thread(s): f32 {r['peak_gflops_f32']:.0f}, bf16->f32 "
+                      f"{r['peak_gflops_bf16']:.0f}" + pinned.torch_peak(r, ", torch f32") for r in runs)
+    train = report.table(pinned.train_rows(runs, "torch f32 (eager)", "tokens"), {
+        "threads": "{threads}", "implementation": "{name}", "ms/step": "{step_ms:.1f}",
+        "tokens/s": "{tokens_per_s:,.0f}", "GFLOP/s": "{gflops:.1f}", "MFU": pinned.percent("mfu"),
+        "vs torch": "{ratio}"})
+    gen_rows = [{"threads": r["threads"], "ctx": ctx[3:], "torch_recompute_tokens_per_s": nan,
+                 "speedup_vs_torch": nan, **g} for r in runs for ctx, g in r["generate"].items()]
+    generation = report.table(gen_rows, {
+        "threads": "{threads}", "context": "{ctx}", "genjax KV cache tok/s": "{kv_cache_tokens_per_s:,.0f}",
+        "genjax no-cache tok/s": "{recompute_tokens_per_s:,.0f}", "torch no-cache tok/s":
+        "{torch_recompute_tokens_per_s:,.0f}", "KV vs no-cache": "{speedup_vs_recompute:.1f}x",
+        "KV vs torch": "{speedup_vs_torch:.1f}x"})
+    lines = [f"# GPT on CPU: genjax vs PyTorch ({data['hardware']})", "",
+             f"jax {versions.get('jax')}, torch {versions.get('torch')}; {data['date']}; medians of "
+             "interleaved repetitions. Model: 4 layers, 4 heads, 128 dims, vocab 65 (0.80M params).", "",
+             "## Training (batch 12, context 64)", "", *train, "",
+             f"Peaks (GFLOP/s, 2048^2 matmul): {peaks}. MFU of bf16 rows is against the bf16 peak.", "",
+             "## Generation: 500 new tokens, batch 1", "", *generation, "",
+             "Context 64 holds fewer than 500 tokens: genjax slides its cache window (drops the oldest "
+             "half and prefills the rest again when full), the no-cache loops crop the context for each "
+             "token.", ""]
+    for r in (r for r in runs if "cost_vs_context" in r):
+        rows = [{"ctx": c, "torch_recompute_ms_per_token": nan, **x} for c, x in r["cost_vs_context"].items()]
+        title = f"## Cost per new token vs context length ({r['threads']} threads)"
+        lines += [title, "", *report.table(rows, {
+            "context": "{ctx}", "KV-cache decode ms/token": "{kv_decode_ms_per_token:.3f}",
+            "genjax full forward ms": "{recompute_ms_per_token:.2f}",
+            "torch forward ms": "{torch_recompute_ms_per_token:.2f}", "ratio": "{ratio:.0f}x"}), "",
+            "KV-cache cost: (time for n + 1 new tokens - time for 1) / n, from a prompt of half the "
+            "context. The no-cache cost of a token is one forward pass over the context. genjax's decode "
+            "attends over the whole preallocated cache (block_size positions, masked), so its cost per token "
+            "depends on the window size, not on how full it is.", ""]
+    return "\n".join(lines + [
+        "Measured on a shared VM: other processes' load (below) slows both implementations, and torch's "
+        "multi-threaded runs far more (its threads spin-wait for a core). Rerun on an idle machine before "
+        "quoting the 2-thread ratios.", "", pinned.load_line(runs), ""])
 
 
-# ----------------------------------------------------------------------------- GPU (cuDNN attention, bf16)
-
-
-def gpu(out_dir: str, quick: bool) -> dict:
-    """GPT-2 small (124M) on the default JAX GPU: train step tokens/s and MFU with cuDNN vs XLA attention
-    in bfloat16, and KV-cache generation tokens/s. Writes gpt_gpu.json / .md into out_dir."""
-    sys.path.insert(0, ROOT)
-    import dataclasses
-    import functools
-
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from genjax import train
-    from genjax.models import transformer as T
-
-    report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-              "backend": jax.default_backend()}
-    print(report, flush=True)
-
-    dry = jax.default_backend() == "cpu"  # a smoke test of this function on CPU with toy sizes
-    size = 512 if dry else 8192
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.bfloat16)
-    mm = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    report["peak_tflops_bf16"] = 2.0 * size**3 / timed(lambda: mm(a, a).block_until_ready(), 10) / 1e12
-    print("peak", report["peak_tflops_bf16"], flush=True)
-
-    batch_size, steps = (2, 2) if dry else (16, 5 if quick else 10)
-    base = T.config_for("gpt2", dtype="bfloat16")
-    if dry:
-        base = dataclasses.replace(base, n_layer=2, d_model=64, n_head=2, block_size=64, vocab_size=500)
-    tx = train.make_optimizer(train.TrainConfig(lr=6e-4, warmup_steps=100, schedule="cosine", steps=5000,
-                                                weight_decay=0.1, b2=0.95, grad_clip=1.0))
-    rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(0, base.vocab_size, (batch_size, base.block_size + 1)), jnp.int32)
-    report["train"] = {}
-    losses = {}
-
-    def train_one(impl):
-        cfg = dataclasses.replace(base, attention=impl)
-        params = T.init(jax.random.key(1), cfg)
-        losses[impl] = float(jax.jit(functools.partial(T.loss, cfg=cfg))(params, {"tokens": tokens}, None)[0])
-        state = train.init_state(jax.random.key(0), params, tx)
-        step = jax.jit(train.make_step(functools.partial(T.loss, cfg=cfg), tx), donate_argnums=0)
-        t = time.perf_counter()
-        state, m = step(state, {"tokens": tokens})
-        jax.block_until_ready(m)
-        compile_s = time.perf_counter() - t
-        holder = [state]
-
-        def run():
-            s = holder[0]
-            for _ in range(steps):
-                s, m = step(s, {"tokens": tokens})
-            jax.block_until_ready(m)
-            holder[0] = s
-
-        step_s = timed(run, 3) / steps
-        tps = batch_size * base.block_size / step_s
-        fpt = T.flops_per_token(cfg)
-        report["train"][impl] = {"step_ms": 1e3 * step_s, "tokens_per_s": tps, "tflops": fpt * tps / 1e12,
-                                 "mfu_vs_measured_peak": fpt * tps / 1e12 / report["peak_tflops_bf16"],
-                                 "compile_s": compile_s, "loss_at_init": losses[impl]}
-        print(impl, report["train"][impl], flush=True)
-        del state
-
-    for impl in ("xla",) if dry else ("cudnn", "xla"):
-        try:
-            train_one(impl)
-        except Exception as e:  # report and go on: one attention backend failing should not hide the rest
-            report["train"][impl] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
-            print(impl, report["train"][impl], flush=True)
-    report["loss_cudnn_minus_xla"] = losses.get("cudnn", float("nan")) - losses.get("xla", float("nan"))
-
-    report["generate"] = {}
-    params = T.init(jax.random.key(1), base)
-    for bsz in (1, 16):
-        prompt = np.zeros((bsz, 16), np.int32)
-
-        def gen():
-            toks, _ = T.generate(params, jax.random.key(3), prompt, None, 50 if dry else 500, base,
-                                 temperature=0.8, top_k=50)
-            toks.block_until_ready()
-
-        t = time.perf_counter()
-        gen()
-        compile_s = time.perf_counter() - t
-        s = timed(gen, 3)
-        report["generate"][f"batch{bsz}"] = {"tokens_per_s": bsz * 500 / s, "ms_per_step": 1e3 * s / 500,
-                                             "compile_s": compile_s}
-        print(bsz, report["generate"][f"batch{bsz}"], flush=True)
-
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "gpt_gpu.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    tr, ge = report["train"], report["generate"]
-    md = [f"# GPT-2 small (124M) on {report['device']} (jax {report['jax']}, bf16 compute, f32 params)", "",
-          f"Measured bf16 matmul peak (8192^2, f32 accumulation): {report['peak_tflops_bf16']:.0f} TFLOP/s.",
-          "",
-          "| attention | batch x context | ms/step | tokens/s | TFLOP/s | MFU (measured peak) | compile s |",
-          "| --- | --- | --- | --- | --- | --- | --- |"]
-    for impl, r in tr.items():
-        md.append(f"| {impl} | {batch_size} x {base.block_size} | {r['step_ms']:.1f} | "
-                  f"{r['tokens_per_s']:,.0f} | "
-                  f"{r['tflops']:.0f} | {100 * r['mfu_vs_measured_peak']:.1f}% | {r['compile_s']:.0f} |")
-    md += ["", f"Loss at init, cuDNN minus XLA: {report['loss_cudnn_minus_xla']:.2e}.", "",
-           "| generation (500 new tokens, KV cache, top-k 50) | tokens/s | ms per decode step |",
-           "| --- | --- | --- |"]
-    for k, r in ge.items():
-        md.append(f"| {k} | {r['tokens_per_s']:,.0f} | {r['ms_per_step']:.2f} |")
-    with open(os.path.join(out_dir, "gpt_gpu.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
-    print("\n".join(md))
-    return report
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def markdown(report: dict) -> str:
-    lines = [f"# GPT on CPU: genjax vs PyTorch ({report['hardware']})", "",
-             f"jax {report['versions'].get('jax')}, torch {report['versions'].get('torch')}; "
-             f"{report['date']}; medians of interleaved repetitions. Model: 4 layers, 4 heads, 128 dims, "
-             "vocab 65 (0.80M params).", ""]
-    lines += ["## Training (batch 12, context 64)", "",
-              "| threads | implementation | ms/step | tokens/s | GFLOP/s | MFU | vs torch |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in report["runs"]:
-        torch_tps = r["train"].get("torch f32 (eager)", {}).get("tokens_per_s")
-        for name, t in r["train"].items():
-            ratio = f"{t['tokens_per_s'] / torch_tps:.2f}x" if torch_tps else "-"
-            lines.append(f"| {r['threads']} | {name} | {t['step_ms']:.1f} | {t['tokens_per_s']:,.0f} | "
-                         f"{t['gflops']:.1f} | {100 * t['mfu']:.1f}% | {ratio} |")
-    lines += ["", "Peaks (GFLOP/s, 2048^2 matmul): " + "; ".join(
-        f"{r['threads']} thread(s): f32 {r['peak_gflops_f32']:.0f}, bf16->f32 {r['peak_gflops_bf16']:.0f}"
-        + (f", torch f32 {r['torch_peak_gflops_f32']:.0f}" if "torch_peak_gflops_f32" in r else "")
-        for r in report["runs"]) + ". MFU of bf16 rows is against the bf16 peak.", ""]
-    lines += ["## Generation: 500 new tokens, batch 1", "",
-              "| threads | context | genjax KV cache tok/s | genjax no-cache tok/s | torch no-cache tok/s | "
-              "KV vs no-cache | KV vs torch |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in report["runs"]:
-        for ctx, g in r["generate"].items():
-            torch_tps = g.get("torch_recompute_tokens_per_s", float("nan"))
-            lines.append(
-                f"| {r['threads']} | {ctx[3:]} | {g['kv_cache_tokens_per_s']:,.0f} | "
-                f"{g['recompute_tokens_per_s']:,.0f} | {torch_tps:,.0f} | {g['speedup_vs_recompute']:.1f}x | "
-                f"{g.get('speedup_vs_torch', float('nan')):.1f}x |")
-    lines += ["", "Context 64 holds fewer than 500 tokens: genjax slides its cache window (drops the "
-              "oldest half and prefills the rest again when full), the no-cache loops crop the context "
-              "for each token.", ""]
-    for r in report["runs"]:
-        if "cost_vs_context" in r:
-            lines += [f"## Cost per new token vs context length ({r['threads']} threads)", "",
-                      "| context | KV-cache decode ms/token | genjax full forward ms | torch forward ms "
-                      "| ratio |",
-                      "| --- | --- | --- | --- | --- |"]
-            for ctx, row in r["cost_vs_context"].items():
-                torch_ms = row.get("torch_recompute_ms_per_token", float("nan"))
-                lines.append(f"| {ctx} | {row['kv_decode_ms_per_token']:.3f} | "
-                             f"{row['recompute_ms_per_token']:.2f} | {torch_ms:.2f} | {row['ratio']:.0f}x |")
-            lines += ["", "KV-cache cost: (time for n + 1 new tokens - time for 1) / n, from a prompt of "
-                      "half the context. The no-cache cost of a token is one forward pass over the context. "
-                      "genjax's decode attends over the whole preallocated cache (block_size positions, "
-                      "masked), so its cost per token depends on the window size, not on how full it is.",
-                      ""]
-    lines += ["Measured on a shared VM: other processes' load (below) slows both implementations, and "
-              "torch's multi-threaded runs far more (its threads spin-wait for a core). Rerun on an idle "
-              "machine before quoting the 2-thread ratios.", "",
-              "Load average at the start of each child: "
-              + ", ".join(f"{r['threads']} thread(s): {r['load_avg_start']:.2f}" for r in report["runs"]), ""]
-    return "\n".join(lines)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_gpt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--gpu", action="store_true",
-                        help="GPT-2 small on the JAX GPU instead (cuDNN vs XLA attention)")
+    parser.add_argument("--out", default=report.RESULTS)
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.gpu:
-        gpu(args.out, args.quick)
-        return
+    parser.add_argument("--cost", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     if args.worker:
-        global ARGS_THREADS
-        ARGS_THREADS = tuple(int(t) for t in args.threads.split(","))
-        print("RESULT " + json.dumps(worker(args.worker, args.quick)))
-        return
-    runs = run_children(__file__, [int(t) for t in args.threads.split(",")],
-                        ["--threads", args.threads] + ["--quick"] * args.quick, "bench_gpt")
-    data = pinned.report(runs)
-    pinned.write_report(args.out, "gpt_cpu_quick" if args.quick else "gpt_cpu", data, markdown(data))
+        return pinned.child(args.worker, lambda: measure(args.worker, args.quick, args.cost))
+    threads = [int(t) for t in args.threads.split(",")]
+    cost = lambda n: ["--cost"] if n == max(threads) and not args.quick else []  # noqa: E731
+    runs = [run for n in threads
+            for run in pinned.run_children("benchmarks.bench_gpt", [n], ["--quick"] * args.quick + cost(n))]
+    data = {**report.machine(), "runs": runs}
+    report.write(args.out, "gpt_cpu_quick" if args.quick else "gpt_cpu", data, markdown(data))
+
 
 if __name__ == "__main__":
     main()

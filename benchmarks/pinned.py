@@ -1,112 +1,90 @@
-"""Side-by-side CPU benchmarks in pinned child processes, one per thread count.
+"""Side-by-side CPU benchmarks (genjax vs the PyTorch references) in child processes pinned to N cores.
 
-A benchmark script calls `run_children(__file__, ...)` from its main process; each child runs
-`script --worker N ...`, calls `pin(N)` before importing JAX or torch (so XLA's and torch's thread pools
-both see N cores) and prints its result as one `RESULT {json}` line.
+The main process calls `run_children(module, thread_counts)`; each child runs `python -m <module>
+--worker N ...` and calls `child(N, measure)`, which pins it before JAX or torch are imported (both size
+their thread pools from the affinity mask) and prints `RESULT {json}`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
-def pin(threads: int) -> None:
-    """Restricts this process to its first `threads` cores, on CPU, with the repo importable."""
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    for path in (ROOT, HERE):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-
-
-def run_children(script: str, thread_counts, extra_args=(), label: str = "") -> list[dict]:
-    """Runs `script --worker N *extra_args` for each N (skipping N above the core count); their results."""
-    label = label or os.path.basename(script)
-    cores = len(os.sched_getaffinity(0))
-    runs = []
+def run_children(module: str, thread_counts, extra_args=()) -> list[dict]:
+    """Each child's result, for the thread counts this machine has cores for."""
+    cores, runs = len(os.sched_getaffinity(0)), []
     for threads in thread_counts:
         if threads > cores:
             print(f"skipping {threads} threads: only {cores} cores")
             continue
-        print(f"{label}: {threads} thread(s) ...", flush=True)
-        cmd = [sys.executable, os.path.abspath(script), "--worker", str(threads), *extra_args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        print(f"{module}: {threads} thread(s) ...", flush=True)
+        cmd = [sys.executable, "-m", module, "--worker", str(threads), *extra_args]
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not lines:
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-            raise SystemExit(f"{label}: worker for {threads} threads failed")
+            raise SystemExit(f"{module}: the worker for {threads} threads failed (its output is above)")
         runs.append(json.loads(lines[-1][len("RESULT "):]))
     return runs
 
 
-def timed(fn, n=5):
-    """Median wall time of `fn()` over n calls, after one warm-up call."""
-    fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return median(ts)
+def child(threads: int, measure) -> None:
+    """Pins this process to its first `threads` cores, then prints `measure()` with the load averages."""
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    out = {"threads": threads, "load_avg_start": os.getloadavg()[0], **measure()}
+    print("RESULT " + json.dumps({**out, "load_avg_end": os.getloadavg()[0]}))
 
 
-def median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
-def cpu_name() -> str:
+def torch_reference(threads: int):
+    """benchmarks.torch_ref with torch at `threads` intra-op threads and seed 0; None without torch."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def versions(modules=("jax", "jaxlib", "flax", "optax", "torch")) -> dict:
-    out = {}
-    for mod in modules:
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
-            out[mod] = None
-    return out
-
-
-def torch_or_none(threads: int):
-    """torch with `threads` intra-op threads and seed 0, or None where it is not installed."""
-    try:
-        import torch
+        from benchmarks import torch_ref
     except ImportError:
         return None
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    return torch
+    torch_ref.torch.set_num_threads(threads)
+    torch_ref.torch.manual_seed(0)
+    return torch_ref
 
 
-def report(runs: list[dict], **extra) -> dict:
-    """The JSON report: machine, versions, date, the children's results and `extra` fields."""
-    return {"hardware": f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores", "versions": versions(),
-            "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), **extra, "runs": runs}
+def compare(runners: dict[str, tuple], reps: int, work: int, unit: str, min_steps: int = 1) -> dict:
+    """Rows of interleaved timings (`timing.interleaved`) of runners (run(k), compile seconds, FLOPs per
+    step, peak GFLOP/s) doing `work` examples (or tokens) per step."""
+    from benchmarks import timing  # after `child` pinned the process: timing imports JAX
+
+    times = timing.interleaved({name: r[0] for name, r in runners.items()}, reps, min_steps)
+    rows = {}
+    for name, (_, compile_s, flops, peak) in runners.items():
+        t, gflops = times[name], flops / times[name]["step_s"] / 1e9
+        rows[name] = {"step_ms": 1e3 * t["step_s"], "step_ms_min": 1e3 * t["step_s_min"],
+                      "steps_per_rep": t["steps_per_rep"], f"{unit}_per_s": work / t["step_s"],
+                      "gflops": gflops, "mfu": gflops / peak, "compile_s": compile_s}
+    return rows
 
 
-def write_report(out_dir: str, name: str, data: dict, markdown: str) -> None:
-    """out_dir/name.json and out_dir/name.md; prints the markdown."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(data, f, indent=2)
-    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-        f.write(markdown)
-    print(markdown)
+def train_rows(runs: list[dict], reference: str, unit: str) -> list[dict]:
+    """Every child's train rows, flattened, with the speed ratio to `reference` ('-' without it)."""
+    rows = []
+    for r in runs:
+        ref = r["train"].get(reference, {}).get(f"{unit}_per_s")
+        for name, t in r["train"].items():
+            rows.append({**t, "threads": r["threads"], "name": name,
+                         "ratio": f"{t[f'{unit}_per_s'] / ref:.2f}x" if ref else "-"})
+    return rows
+
+
+def torch_peak(run: dict, label: str) -> str:
+    return f"{label} {run['torch_peak_gflops_f32']:.0f}" if "torch_peak_gflops_f32" in run else ""
+
+
+def percent(key: str):
+    return lambda row: f"{100 * row[key]:.1f}%"
+
+
+def load_line(runs: list[dict]) -> str:
+    return "Load average at the start of each child: " + ", ".join(
+        f"{r['threads']} thread(s): {r['load_avg_start']:.2f}" for r in runs)

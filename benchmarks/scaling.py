@@ -1,11 +1,9 @@
-"""Step time of every family under 1, 2, 4 and 8 simulated CPU devices (data parallel and FSDP; the
-transformer also with its heads and MLP split over a 2-way `model` axis).
+"""Step time of every family's CPU case under 1, 2, 4 and 8 simulated CPU devices: data parallel, FSDP,
+and for families with tensor-parallel rules a 2-way `model` axis. The simulated devices share this
+machine's cores, so this measures each layout's overhead and checks that it compiles and runs, not a
+speed-up. Each device count runs in its own process (JAX fixes the count when it starts).
 
     python -m benchmarks.scaling [--only vae] [--steps 10] [--out benchmarks/results]
-
-On one CPU, simulated devices share the same cores: this measures the sharding machinery's overhead
-and checks that every layout compiles and runs, not a speed-up. Each device count runs in its own
-subprocess (the device count is fixed when JAX starts).
 """
 
 from __future__ import annotations
@@ -13,96 +11,86 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
-from benchmarks import harness
+from benchmarks import cases, report, timing
 
-WORKER = r"""
-import json, statistics, sys, time
-import jax, jax.numpy as jnp
-from benchmarks import suite
-from genjax import parallel
-from genjax.loop import compile_step, place_state
-family, fsdp, model, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-case = suite.CASES[family]("cpu")
-mesh = parallel.make_mesh(fsdp, model=model)
-shards = jax.device_count() // model
-batch = {k: v[: (len(v) // shards) * shards] for k, v in case.batch.items()}
-rules = suite.family(family).MODEL_RULES if model > 1 else None
-state, shardings = place_state(case.state, mesh, rules)
-step = compile_step(case.step, shardings, mesh)
-gbatch = parallel.global_batch(batch, mesh)
-t0 = time.perf_counter()
-state, m = step(state, gbatch)
-jax.block_until_ready(m)
-compile_s = time.perf_counter() - t0
-times = []
-for _ in range(steps):
-    t0 = time.perf_counter()
-    state, m = step(state, gbatch)
-    jax.block_until_ready(m)  # also keeps simulated-device collectives from piling up
-    times.append(time.perf_counter() - t0)
-print(json.dumps({"family": family, "devices": jax.device_count(), "fsdp": fsdp, "model": model,
-                  "step_s_median": statistics.median(times), "compile_s": compile_s}))
-"""
+
+def worker(family: str, fsdp: int, model: int, steps: int) -> dict:
+    """One layout's step time, in a process whose simulated devices the parent set."""
+    import jax
+
+    from genjax import parallel
+    from genjax.loop import compile_step, place_state
+
+    state, step, batch = cases.build(cases.CASES[family]["cpu"])
+    mesh, shards = parallel.make_mesh(fsdp, model=model), jax.device_count() // model
+    state, shardings = place_state(state, mesh, cases.model_rules(family) if model > 1 else None)
+    step = compile_step(step, shardings, mesh)
+    batch = parallel.global_batch({k: v[: len(v) // shards * shards] for k, v in batch.items()}, mesh)
+    held = [state]
+
+    def one_step():  # blocking every step also keeps simulated-device collectives from piling up
+        held[0], metrics = step(held[0], batch)
+        jax.block_until_ready(metrics)
+
+    times = timing.timed(one_step, steps + 1, warmup=0)  # the first call compiles
+    return {"family": family, "devices": jax.device_count(), "fsdp": fsdp, "model": model,
+            "step_s_median": statistics.median(times[1:]), "compile_s": times[0]}
 
 
 def run(family: str, devices: int, fsdp: int, model: int, steps: int) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    out = subprocess.run([sys.executable, "-c", WORKER, family, str(fsdp), str(model), str(steps)],
-                         env=env,
-                         capture_output=True, text=True, timeout=900,
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
+    cmd = [sys.executable, "-m", "benchmarks.scaling", "--worker", family, str(fsdp), str(model), str(steps)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if out.returncode:
-        return {"family": family, "devices": devices, "fsdp": fsdp, "model": model, "error": out.stderr[-500:]}
+        return {"family": family, "devices": devices, "fsdp": fsdp, "model": model,
+                "error": out.stderr[-500:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def layout(row: dict) -> str:
     """'data 2 x fsdp 2 x model 2', leaving out axes of size 1."""
-    fsdp, model = row["fsdp"], row.get("model", 1)
+    fsdp, model = row["fsdp"], row["model"]
     sizes = {"data": row["devices"] // (fsdp * model), "fsdp": fsdp, "model": model}
     return " x ".join(f"{k} {v}" for k, v in sizes.items() if v > 1) or "1 device"
 
 
-def table(rows: list[dict]) -> list[str]:
-    lines = ["| family | devices | layout | step ms | compile s |", "| --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['family']} | {r['devices']} | {layout(r)} | "
-                     + (f"{r['step_s_median'] * 1e3:.2f} | {r['compile_s']:.1f} |" if "error" not in r
-                        else "error | - |"))
-    return lines + ["", "Simulated devices share this machine's cores: the rows measure each layout's "
-                    "overhead and check that it compiles and runs, not a speed-up."]
+def markdown(rows: list[dict]) -> str:
+    lines = report.table(rows, {
+        "family": "{family}", "devices": "{devices}", "layout": layout,
+        "step ms": lambda r: "error" if "error" in r else f"{r['step_s_median'] * 1e3:.2f}",
+        "compile s": lambda r: "-" if "error" in r else f"{r['compile_s']:.1f}"})
+    note = ("Simulated devices share this machine's cores: the rows measure each layout's overhead and check "
+            "that it compiles and runs, not a speed-up.")
+    return "\n".join(lines + ["", note]) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", action="append", help="families (default: all)")
+    p.add_argument("--only", action="append", choices=sorted(cases.CASES), help="families (default: all)")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--out", default=report.RESULTS)
+    p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    families = args.only or ["vae", "gan", "diffusion", "transformer"]
+    if args.worker:
+        family, fsdp, model, steps = args.worker
+        print(json.dumps(worker(family, int(fsdp), int(model), int(steps))))
+        return 0
     rows = []
-    for family in families:
+    for family in args.only or list(cases.CASES):
         for devices in (1, 2, 4, 8):
-            layouts = [(fsdp, 1) for fsdp in sorted({1, devices})]
-            if family == "transformer" and devices > 1:
-                layouts.append((1, 2))
-            for fsdp, model in layouts:
-                row = run(family, devices, fsdp, model, args.steps)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    lines = table(rows)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"scaling-{harness.device_slug()}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"environment": harness.environment(), "rows": rows}, f, indent=2)
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            model_axis = [(1, 2)] if devices > 1 and cases.CASES[family]["cpu"].tensor_parallel else []
+            for fsdp, model in sorted({(1, 1), (devices, 1)}) + model_axis:
+                rows.append(run(family, devices, fsdp, model, args.steps))
+                print(json.dumps(rows[-1]), flush=True)
+    data = {"environment": report.environment(), "rows": rows}
+    report.write(args.out, f"scaling-{report.device_slug()}", data, markdown(rows))
     return 0
 
 

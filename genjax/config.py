@@ -197,7 +197,7 @@ class ArgumentParser(argparse.ArgumentParser):
             return arg
         name, eq, value = arg.partition("=")
         if name not in self._option_string_actions:
-            for other in (name.replace("-", "_"), "--" + name[2:].replace("_", "-")):
+            for other in ("--" + name[2:].replace("-", "_"), "--" + name[2:].replace("_", "-")):
                 if other in self._option_string_actions:
                     return other + eq + value
         return arg

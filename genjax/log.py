@@ -1,4 +1,4 @@
-"""Run outputs: metrics to JSON lines and TensorBoard, image grids as PNG, a progress bar.
+"""Run outputs: metrics to JSON lines and TensorBoard, image grids as PNG, progress and notes on stderr.
 
 Only process 0 writes; other hosts get no-op writers, so experiment code never checks the process index.
 """
@@ -102,41 +102,87 @@ def save_grid(path: str, images: np.ndarray, ncol: int | None = None, scale: int
 # ----------------------------------------------------------------------------- progress
 
 
+def note(msg: str) -> None:
+    """A one-line note on stderr (process 0) before a long silent phase: "compiling the train step...",
+    "evaluating...". Printed above a live progress bar without breaking it."""
+    if jax.process_index() != 0:
+        return
+    from tqdm.auto import tqdm
+
+    tqdm.write("genjax: " + msg, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
 class Progress:
-    """A tqdm bar with ETA, examples/s and the latest metrics; quiet off process 0 or when disabled."""
+    """Training progress on stderr, process 0 only.
 
-    def __init__(self, total: int, initial: int, examples_per_step: int, enabled: bool = True):
-        from tqdm.auto import tqdm
+    On a terminal, a tqdm bar with ETA, examples/s and the latest metrics. Otherwise (a log file, a
+    pipe, a cluster job) a bar's carriage returns would make one endless line, so each metrics update
+    (every `log_every` steps) prints one plain line: step, metrics, examples/s, ETA.
+    """
 
+    def __init__(self, total: int, initial: int, examples_per_step: int, enabled: bool = True,
+                 live: bool | None = None):
+        self.total = total
         self.examples_per_step = examples_per_step
+        self.enabled = enabled and jax.process_index() == 0
+        self.live = sys.stderr.isatty() if live is None else live
         self._last = (initial, time.perf_counter())
-        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
-                        disable=not enabled or jax.process_index() != 0, mininterval=1.0)
+        self.bar = None
+        if self.enabled and self.live:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
+                            mininterval=1.0)
+
+    def restart_clock(self, step: int) -> None:
+        """Measures speed from `step` on (after compilation, which would drag the first rate down)."""
+        self._last = (step, time.perf_counter())
 
     def update(self, step: int, metrics: Mapping[str, float] | None = None) -> float:
-        """Moves the bar to `step`; returns examples/s since the previous call."""
+        """Moves the progress to `step`; returns examples/s since the previous call."""
         prev_step, prev_time = self._last
         now = time.perf_counter()
-        rate = (step - prev_step) * self.examples_per_step / max(now - prev_time, 1e-9)
+        steps_per_sec = (step - prev_step) / max(now - prev_time, 1e-9)
+        rate = steps_per_sec * self.examples_per_step
         self._last = (step, now)
-        self.bar.update(step - self.bar.n)
-        if metrics is not None:
-            shown = {k: f"{v:.4g}" for k, v in list(metrics.items())[:4]}
-            self.bar.set_postfix(**shown, ex_s=f"{rate:.0f}", refresh=False)
+        # The loss first; the all-zero `nonfinite` flag is for metrics.jsonl, not for the eye.
+        names = sorted((k for k in metrics or {} if k != "nonfinite"), key=lambda k: k != "loss")
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if metrics is not None:
+                shown = {k: f"{metrics[k]:.4g}" for k in names[:4]}
+                self.bar.set_postfix(**shown, ex_s=f"{rate:.0f}", refresh=False)
+        elif self.enabled and metrics is not None:
+            shown = " ".join(f"{k}={metrics[k]:.4g}" for k in names[:6])
+            eta = _duration((self.total - step) / steps_per_sec) if steps_per_sec > 0 else "?"
+            print(f"genjax: step {step}/{self.total} {shown} | {rate:,.0f} examples/s | ETA {eta}",
+                  file=sys.stderr, flush=True)
         return rate
+
+    def phase(self, what: str, step: int) -> None:
+        """Says what a long pause at `step` is (an evaluation hook, sampling); '' when it is over."""
+        if self.bar is not None:
+            self.bar.set_description_str(what, refresh=True)
+        elif self.enabled and what:
+            print(f"genjax: step {step}: {what}", file=sys.stderr, flush=True)
 
     def write(self, msg: str) -> None:
         """A message that must reach the user (warnings), above the bar when it is shown."""
-        if not self.bar.disable:
+        if self.bar is not None:
             self.bar.write(msg, file=sys.stderr)
         elif jax.process_index() == 0:
-            print(msg, file=sys.stderr)
+            print(msg, file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        self.bar.close()
-
-
-def note(msg: str) -> None:
-    """A one-line progress note on stderr (process 0 only), e.g. before a long silent phase."""
-    if jax.process_index() == 0:
-        print(f"genjax: {msg}", file=sys.stderr, flush=True)
+        if self.bar is not None:
+            self.bar.close()

@@ -11,6 +11,7 @@ first; each host then feeds only its slice of the global batch through `global_b
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -163,3 +164,27 @@ def bytes_per_device(tree: Any) -> int:
         elif hasattr(x, "nbytes"):
             total += x.nbytes
     return total
+
+
+def agree(*flags: bool) -> tuple[bool, ...]:
+    """Each flag OR-ed over all processes, so that every host takes the same decision.
+
+    A decision made from local events (a SIGTERM that reached one host, one host's clock saying a
+    checkpoint is due) must be agreed before acting on it: a host that saves or stops alone leaves the
+    others waiting in the next collective forever. One tiny compiled all-reduce over every device; on
+    one process it returns `flags` with no device work (~4 us).
+    """
+    if jax.process_count() == 1:
+        return tuple(bool(f) for f in flags)
+    rows, any_over_rows = _agreement_fns()
+    local = np.tile(np.asarray(flags, np.int32), (jax.local_device_count(), 1))  # one row per device
+    agreed = any_over_rows(jax.make_array_from_process_local_data(rows, local))
+    return tuple(bool(x) for x in np.asarray(agreed.addressable_data(0)))
+
+
+@functools.cache
+def _agreement_fns():
+    """(sharding of one row of flags per device, compiled column-wise max replicated to every device)."""
+    mesh = Mesh(np.asarray(jax.devices()), ("all",))
+    return (NamedSharding(mesh, P("all")),
+            jax.jit(lambda x: x.max(axis=0), out_shardings=NamedSharding(mesh, P())))

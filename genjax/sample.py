@@ -151,7 +151,9 @@ def main(argv=None) -> int:
         name = unknown[0].partition("=")[0]
         parser.error(f"{name} is not an option of {record['family']} runs{config_lib.suggest(name, _options(parser))}")
     try:
-        options = config_lib.override(family.SampleOptions(), config_lib.chosen(args, family.SampleOptions()))
+        given = {k: v for k, v in config_lib.chosen(args, family.SampleOptions()).items()
+                 if tok is None or k not in TEXT_FIELDS}  # a text run's --prompt is text, encoded below
+        options = config_lib.override(family.SampleOptions(), given)
         if tok is not None:
             stop = -1 if tok.eos_id is None else tok.eos_id
             from genjax.data.text import encode_prompt

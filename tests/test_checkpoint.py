@@ -1,4 +1,5 @@
-"""Checkpoints: exact round trip, shardings across device counts, damaged checkpoints, shape mismatches."""
+"""Checkpoints: exact round trip, shardings across device counts, damaged checkpoints, shape mismatches,
+no non-finite state on disk, the best healthy checkpoint kept through rotation."""
 
 import os
 
@@ -10,7 +11,7 @@ import optax
 import pytest
 
 from genjax import parallel, train
-from genjax.checkpoint import CheckpointError, Checkpointer
+from genjax.checkpoint import CheckpointError, Checkpointer, NonFiniteError
 from genjax.config import ConfigError
 from genjax.loop import compile_step, place_state
 
@@ -64,33 +65,92 @@ def _loss(params, batch, key):
     return jnp.mean(out**2), {}
 
 
-def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path, capsys):
-    ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=3)
+def _two_steps(directory):
+    ckpt = Checkpointer(str(directory), keep=3)
     good = _state()
     ckpt.save(good, wait=True)
     ckpt.save(good.replace(step=jnp.int32(8)), wait=True)
-    # damage every data file of step 8
-    for root, _, files in os.walk(tmp_path / "ckpt" / "8"):
+    ckpt.close()
+    return good
+
+
+def _truncate_arrays(step_dir):
+    """Cuts every array data file of a step to a third (what a torn write or bad disk leaves)."""
+    for root, _, files in os.walk(step_dir):
         for name in files:
-            if "metadata" not in name.lower() and not name.endswith(".txt"):
-                with open(os.path.join(root, name), "r+b") as f:
-                    f.truncate(max(0, os.path.getsize(os.path.join(root, name)) // 3))
+            path = os.path.join(root, name)
+            if "metadata" not in name.lower() and not name.endswith(".txt") and "metrics" not in root:
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 3)
+
+
+def _moved_to(err: str) -> str:
+    return err.split("moved to ")[1].split(";")[0].split("\n")[0].strip()
+
+
+@pytest.mark.parametrize("damage", ["truncated arrays", "missing _METADATA", "garbled metrics file"])
+def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path, capfd, damage):
+    good = _two_steps(tmp_path / "ckpt")
+    if damage == "truncated arrays":
+        _truncate_arrays(tmp_path / "ckpt" / "8")
+    elif damage == "missing _METADATA":  # was reported as "a model of another shape" with no fallback
+        os.remove(tmp_path / "ckpt" / "8" / "default" / "_METADATA")
+    else:  # orbax reads every step's metrics when it opens the folder and failed outright
+        with open(tmp_path / "ckpt" / "8" / "metrics" / "metrics", "w") as f:
+            f.write('{"train_lo')
     restored = Checkpointer(str(tmp_path / "ckpt")).restore(_state(seed=1))
     assert int(restored.step) == 7
     chex.assert_trees_all_equal(restored.params, good.params)
-    assert "damaged" in capsys.readouterr().out
-    assert os.listdir(tmp_path / "quarantine")  # the damaged step is moved aside, not deleted
+    err = capfd.readouterr().err
+    assert "step 8" in err and "damaged" in err
+    # moved, not deleted, to exactly where the message says
+    assert os.path.isdir(_moved_to(err)) and not os.path.exists(tmp_path / "ckpt" / "8")
+    assert "Traceback" not in err and "Event loop is closed" not in err
 
 
-def test_all_damaged_is_a_clear_error(tmp_path):
-    ckpt = Checkpointer(str(tmp_path / "ckpt"))
-    ckpt.save(_state(), wait=True)
-    for root, _, files in os.walk(tmp_path / "ckpt" / "7"):
-        for name in files:
-            with open(os.path.join(root, name), "wb") as f:
-                f.write(b"garbage")
-    with pytest.raises((CheckpointError, ConfigError)):
+def test_all_damaged_is_a_clear_error_naming_the_steps(tmp_path, capfd):
+    _two_steps(tmp_path / "ckpt")
+    for step in ("7", "8"):
+        _truncate_arrays(tmp_path / "ckpt" / step)
+    with pytest.raises(CheckpointError, match=r"step\(s\) 8, 7 are damaged and were moved to .*quarantine.*"
+                                              r"fresh --workdir") as e:
         Checkpointer(str(tmp_path / "ckpt")).restore(_state())
+    assert str(tmp_path / "quarantine") in str(e.value) and len(os.listdir(tmp_path / "quarantine")) == 2
+    err = capfd.readouterr().err
+    assert "trying step 7" in err and "no older checkpoint" in err  # never "falling back" to nothing
+    assert "Traceback" not in err and "Event loop is closed" not in err and len(err.splitlines()) == 2
+
+
+def test_save_refuses_a_nonfinite_state_and_keeps_what_is_there(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "ckpt"))
+    state = _state()
+    ckpt.save(state, wait=True)
+    bad = state.replace(step=jnp.int32(8), params={"dense": {**state.params["dense"],
+                                                             "bias": state.params["dense"]["bias"].at[3].set(jnp.nan)}})
+    with pytest.raises(NonFiniteError, match=r"refusing to checkpoint step 8: NaN/Inf in params\.dense\.bias\. "
+                                             r"Checkpoints left in .*: step 7; a rerun resumes from step 7"):
+        ckpt.save(bad, wait=True)
+    assert ckpt.steps() == [7]
+    ckpt.close()
+
+
+def test_the_best_healthy_checkpoint_outlives_rotation(tmp_path):
+    """keep=2 alone would leave only the blown-up steps 6 and 7; the lowest-loss healthy one stays too."""
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=2)
+    losses = {1: 5.0, 2: 4.0, 3: 3.0, 4: 10.0, 5: 1e6, 6: None, 7: 1e9}  # None: an interval with a NaN step
+    for step, loss in losses.items():
+        ckpt.save(_state().replace(step=jnp.int32(step)), wait=True, train_loss=loss)
+    assert ckpt.steps() == [3, 6, 7] and ckpt.best_healthy_step() == 3
+    assert "Step 3 is the healthy one with the lowest train loss (3)" in ckpt.describe()
+    ckpt.close()
+    reopened = Checkpointer(str(tmp_path / "ckpt"), keep=2)  # the losses are stored with the checkpoints
+    for step, loss in {8: 3.5, 9: 7.0, 10: 7.0}.items():
+        reopened.save(_state().replace(step=jnp.int32(step)), wait=True, train_loss=loss)
+    assert reopened.steps() == [3, 9, 10]
+    reopened.save(_state().replace(step=jnp.int32(11)), wait=True, train_loss=1.0)
+    assert reopened.steps() == [10, 11]  # a better healthy one replaces it
+    assert reopened.best_healthy_step() == 11
+    reopened.close()
 
 
 def test_shape_mismatch_names_the_leaf(tmp_path):

@@ -1,4 +1,6 @@
-"""GAN family: the two-player step, losses, spectral norm, R1, sampling, and a real ring-of-Gaussians run."""
+"""GAN family: losses, spectral norm, R1, sampling, the two-player step built from genjax.train's pieces
+(and so taking the shared train config: schedule, clipping, weight decay, accumulation, the finite guard),
+checkpoints and the gan_digits experiment. The ring-of-Gaussians quality run is in test_ring.py."""
 
 import dataclasses
 import functools
@@ -8,31 +10,46 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from genjax import train
 from genjax.config import ConfigError
+from genjax.data.ring import ring_data
 from genjax.models import gan
 from genjax.nn import spectral
 
-# XLA:CPU compiles are the cost here (seconds each on 2 cores): the tests share one small conv config, one
-# MLP config, and their states and compiled functions.
+# XLA:CPU compiles are the cost here (seconds each on 2 cores): the tests share one small conv config, a few
+# MLP configs, and their states and compiled functions.
 TINY = gan.Config(image_shape=(8, 8, 1), latent_dim=8, widths=(16, 8), num_classes=3, r1_weight=1.0, r1_every=2,
                   n_disc=2)
 MLP = gan.Config(arch="mlp", data_dim=2, latent_dim=4, widths=(16, 16), num_classes=3)
-
+# The train-config tests: conditional, spectrally normalized, lazy R1, two D updates, a faster D.
+SHARED = gan.Config(arch="mlp", data_dim=2, latent_dim=4, widths=(16, 16), num_classes=3, r1_weight=1.0,
+                    r1_every=2, n_disc=2, d_lr_scale=3.0)
+TRAIN = train.TrainConfig(lr=2e-4, b1=0.5, ema_decay=0.999, ema_warmup=True)
 
 # Faster compiles, slower code: right for the few steps these tests run (not for the ring run).
 QUICK = {"xla_backend_optimization_level": 0}
+ADAM_EPS = 1e-8  # optax's default, which train.make_optimizer keeps
 
 
 @functools.cache
-def compiled_step(cfg):
-    return jax.jit(gan.make_step(cfg), compiler_options=QUICK)
+def compiled_step(cfg, train_cfg=TRAIN):
+    return jax.jit(gan.make_step(cfg, train_cfg), compiler_options=QUICK)
+
+
+def new_state(cfg, train_cfg=TRAIN, seed=0, dtype=None):
+    k_init, k_state = jax.random.split(jax.random.key(seed))
+    params = gan.init(k_init, cfg)
+    if dtype is not None:
+        params = jax.tree.map(lambda a: a.astype(dtype), params)
+    return gan.init_state(k_state, params, cfg, train_cfg)
 
 
 @functools.cache
-def fresh_state(cfg):
-    return gan.init_state(jax.random.key(0), cfg)
+def fresh_state(cfg, train_cfg=TRAIN):
+    return new_state(cfg, train_cfg)
 
 
 def image_batch(n=8, seed=0, classes=3):
@@ -41,26 +58,35 @@ def image_batch(n=8, seed=0, classes=3):
             "label": rng.integers(0, classes, n).astype(np.int32)}
 
 
-@functools.partial(jax.jit, static_argnums=(3,), compiler_options=QUICK)
-def d_step(state, batch, d_iter, cfg):
-    return gan.d_step(state, gan._to_model(batch, cfg), batch["label"], jax.random.key(1), d_iter, cfg)
+def point_batch(n=8, seed=0, classes=3):
+    x, y = ring_data(seed, n)
+    return {"x": x, "label": (y % classes).astype(np.int32)}
 
 
-@functools.partial(jax.jit, static_argnums=(1,), compiler_options=QUICK)
-def g_step(state, cfg):
-    return gan.g_step(state, jnp.arange(8) % 3, jax.random.key(2), 8, cfg)
+def leaves_moved(a, b):
+    return jax.tree.leaves(jax.tree.map(lambda x, y: bool(jnp.any(x != y)), a, b))
+
+
+def max_abs_delta(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def delta_norm(a, b):
+    return float(optax.tree.norm(jax.tree.map(lambda x, y: x.astype(jnp.float64) - y, a, b)))
 
 
 def test_config_validation():
-    gan.Config().validate()
-    gan.RING.validate()
+    for name, cfg in gan.SIZES.items():
+        cfg.validate()
     bad = [dict(loss="lsgan"), dict(widths=(64, 32, 16, 8, 4)), dict(image_shape=(8, 8)), dict(n_disc=0),
-           dict(num_classes=1), dict(ema_decay=1.0), dict(loss="wgan_gp", gp_weight=0.0), dict(lr_d=0.0),
-           dict(norm="batch"), dict(widths=())]
+           dict(num_classes=1), dict(d_lr_scale=0.0), dict(loss="wgan_gp", gp_weight=0.0), dict(r1_every=0),
+           dict(r1_weight=-1.0), dict(norm="batch"), dict(widths=())]
     for change in bad:
         with pytest.raises(ConfigError, match="model\\."):
             dataclasses.replace(gan.Config(), **change).validate()
     dataclasses.replace(gan.Config(), image_shape=(28, 28, 1), widths=(32, 16, 8)).validate()  # 7x7 -> 28x28
+    # the optimizer lives in the shared train config now
+    assert not {"lr_g", "lr_d", "b1", "b2", "ema_decay"} & {f.name for f in dataclasses.fields(gan.Config)}
 
 
 def test_step_updates_both_players_and_ema():
@@ -71,47 +97,67 @@ def test_step_updates_both_players_and_ema():
     for name in ("d_loss", "g_loss", "d_real", "d_fake", "r1", "d_grad_norm", "g_grad_norm"):
         assert np.isfinite(float(metrics[name])), name
     for player in ("generator", "discriminator"):
-        moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.params[player], state.params[player])
-        assert all(jax.tree.leaves(moved)), f"{player} has leaves the step did not update"
+        assert all(leaves_moved(new.params[player], state.params[player])), f"{player}: a leaf did not move"
     assert int(new.opt_state["discriminator"][0].count) == 2  # n_disc D updates
     assert int(new.opt_state["generator"][0].count) == 1
-    assert not np.allclose(new.ema_params["Dense_0"]["kernel"], state.ema_params["Dense_0"]["kernel"])
+    # EMA of all params, warmed up: decay min(0.999, 1/10) after update 0
+    expected = jax.tree.map(lambda e, p: 0.1 * e + 0.9 * p, state.ema_params, new.params)
+    chex.assert_trees_all_close(new.ema_params, expected, rtol=1e-5, atol=1e-7)
+    assert new.eval_params is new.ema_params
     chex.assert_trees_all_equal_structs(new, state)
     with pytest.raises(ConfigError, match="n_disc"):
-        gan.make_step(cfg)(state, image_batch(n=7))
+        gan.make_step(cfg, TRAIN)(state, image_batch(n=7))
+    with pytest.raises(ConfigError, match="grad_accum"):  # 2 D slices of 3 do not split in 2 microbatches
+        gan.make_step(cfg, dataclasses.replace(TRAIN, grad_accum=2))(state, image_batch(n=6))
+
+
+@functools.partial(jax.jit, static_argnums=(3,), compiler_options=QUICK)
+def d_only_update(params, opt_state, batch, cfg):
+    """One discriminator update through gan.d_loss, with plain Adam(1e-2); the generator is held fixed."""
+    disc = params["discriminator"]
+    _, u = gan.d_weights(disc, cfg, update=True)
+    loss_fn = functools.partial(gan.d_loss, params=params, spectral_u=u, d_iter=jnp.int32(1), cfg=cfg)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(disc["params"], batch, jax.random.key(1))
+    d_params, opt_state, _ = train.apply_gradients(optax.adam(1e-2), disc["params"], opt_state, grads, loss)
+    return {**params, "discriminator": {"params": d_params, "spectral": u}}, opt_state, metrics
 
 
 @pytest.mark.parametrize("loss", ["nonsat", "hinge", "wgan_gp"])
 def test_discriminator_separates_real_from_fake(loss):
-    cfg = dataclasses.replace(MLP, loss=loss, lr_d=1e-2)
-    state = fresh_state(MLP)  # the same state layout for every loss
-    x, y = gan.ring_data(0, 64)
-    batch = {"x": x, "label": y % 3}
+    cfg = dataclasses.replace(MLP, loss=loss)
+    params = fresh_state(MLP).params  # the same layout for every loss
+    opt_state = optax.adam(1e-2).init(params["discriminator"]["params"])
+    x, y = ring_data(0, 64)
+    batch = {"real": jnp.asarray(x), "label": jnp.asarray(y % 3)}
     first = None
     for _ in range(10):  # same reals, same fakes (fixed key, G untouched)
-        state, m = d_step(state, batch, jnp.int32(1), cfg)
+        params, opt_state, m = d_only_update(params, opt_state, batch, cfg)
         first = first or m
     assert float(m["d_real"] - m["d_fake"]) > float(first["d_real"] - first["d_fake"]) + 0.05
     assert float(m["d_real"]) > float(first["d_real"]) and float(m["d_fake"]) < float(first["d_fake"])
     assert float(m["d_loss"]) < float(first["d_loss"])
+    if loss == "wgan_gp":
+        assert float(m["gp"]) >= 0.0 and "gp" in first
 
 
-def test_no_gradient_leak_between_players():
-    state = fresh_state(TINY)
-    after_d, _ = d_step(state, image_batch(), jnp.int32(0), TINY)
-    chex.assert_trees_all_equal(after_d.params["generator"], state.params["generator"])
-    chex.assert_trees_all_equal(after_d.opt_state["generator"], state.opt_state["generator"])
-    assert not np.allclose(after_d.params["discriminator"]["params"]["logit"]["kernel"],
-                           state.params["discriminator"]["params"]["logit"]["kernel"])
-    after_g, _ = g_step(state, TINY)
-    chex.assert_trees_all_equal(after_g.params["discriminator"], state.params["discriminator"])  # incl. u vectors
-    chex.assert_trees_all_equal(after_g.opt_state["discriminator"], state.opt_state["discriminator"])
-    assert not np.allclose(after_g.params["generator"]["Dense_0"]["kernel"],
-                           state.params["generator"]["Dense_0"]["kernel"])
+def test_each_loss_differentiates_only_its_player():
+    cfg = SHARED
+    params = fresh_state(cfg).params
+    batch = point_batch()
+    real = {"real": jnp.asarray(batch["x"]), "label": jnp.asarray(batch["label"])}
+    u = params["discriminator"]["spectral"]
+
+    def d_loss_of_all(p):  # the generator's params reach d_loss only through `params`
+        return gan.d_loss(p["discriminator"]["params"], real, jax.random.key(0), params=p, spectral_u=u,
+                          d_iter=0, cfg=cfg)[0]
+
+    grads = jax.jit(jax.grad(d_loss_of_all), compiler_options=QUICK)(params)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads["generator"]))
+    assert all(float(jnp.max(jnp.abs(g))) > 0.0 for g in jax.tree.leaves(grads["discriminator"]["params"]))
     # The power-iteration vectors are state, not parameters: the optimizer never sees them.
+    state = fresh_state(cfg)
     d_opt_leaves = jax.tree.leaves(state.opt_state["discriminator"])
-    n_params = len(jax.tree.leaves(state.params["discriminator"]["params"]))
-    assert len(d_opt_leaves) == 1 + 2 * n_params  # adam: count, mu, nu
+    assert len(d_opt_leaves) == 1 + 2 * len(jax.tree.leaves(params["discriminator"]["params"]))  # count, mu, nu
 
 
 def test_spectral_norm_top_singular_value_is_one():
@@ -144,21 +190,21 @@ def test_spectral_norm_top_singular_value_is_one():
 
 @pytest.mark.parametrize("cfg", [MLP, dataclasses.replace(TINY, widths=(8, 4))], ids=["mlp", "dcgan"])
 def test_r1_penalty_matches_float64_finite_differences(cfg):
-    params = fresh_state(cfg).params["discriminator"]
+    weights = gan.d_weights(fresh_state(cfg).params["discriminator"], cfg)[0]
     shape = gan.data_shape(cfg)
     x = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
     labels = np.array([0, 2, 1], np.int32)
-    got = float(jax.jit(gan.r1_penalty, static_argnums=3, compiler_options=QUICK)(params, x, labels, cfg))
+    got = float(jax.jit(gan.r1_penalty, static_argnums=3, compiler_options=QUICK)(weights, x, labels, cfg))
 
     with jax.enable_x64(True):
-        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        w64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), weights)
         x64 = jnp.asarray(x, jnp.float64)
         d = x64[0].size
         eps = 1e-5
         basis = jnp.eye(d, dtype=jnp.float64).reshape(d, *shape)
 
         def f(xx):
-            return gan.discriminator_logits(p64, xx, labels, cfg)  # (3,)
+            return gan.d_apply(w64, xx, labels, cfg)  # (3,)
 
         central = jax.vmap(lambda e: (f(x64 + eps * e) - f(x64 - eps * e)) / (2 * eps))
         diffs = jax.jit(central, compiler_options=QUICK)(basis)  # (d, 3): d logit_i / d x_i[j]
@@ -167,12 +213,21 @@ def test_r1_penalty_matches_float64_finite_differences(cfg):
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
+@functools.partial(jax.jit, static_argnums=(3,), compiler_options=QUICK)
+def d_loss_at(params, batch, d_iter, cfg):
+    real = {"real": gan._to_model(batch, cfg), "label": batch["label"]}
+    return gan.d_loss(params["discriminator"]["params"], real, jax.random.key(1), params=params,
+                      spectral_u=params["discriminator"]["spectral"], d_iter=d_iter, cfg=cfg)
+
+
 def test_lazy_r1_and_nonfinite_guard():
-    cfg = TINY  # r1_every=2
+    cfg = TINY  # r1_every=2, r1_weight=1
     state = fresh_state(cfg)
-    _, off = d_step(state, image_batch(), jnp.int32(3), cfg)
-    _, on = d_step(state, image_batch(), jnp.int32(4), cfg)
+    off_loss, off = d_loss_at(state.params, image_batch(), jnp.int32(3), cfg)
+    on_loss, on = d_loss_at(state.params, image_batch(), jnp.int32(4), cfg)
     assert float(off["r1"]) == 0.0 and float(on["r1"]) > 0.0
+    # lazy: the weight is scaled by r1_every on the updates that compute it
+    np.testing.assert_allclose(on_loss - off_loss, 0.5 * 1.0 * 2 * on["r1"], rtol=1e-4)
 
     bad = image_batch()
     bad["image"][0, 0, 0, 0] = np.nan
@@ -182,37 +237,222 @@ def test_lazy_r1_and_nonfinite_guard():
                                 (state.params, state.opt_state, state.ema_params))
 
 
-def test_sample_shapes_and_range():
+def test_sample_shapes_range_and_labels():
     state = fresh_state(TINY)
     x = gan.sample(state.ema_params, jax.random.key(1), 5, TINY)
     chex.assert_shape(x, (5, 8, 8, 1))
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    y = gan.sample(state.params, jax.random.key(1), 5, TINY)  # full two-player params work too
+    y = gan.sample(state.params, jax.random.key(1), 5, TINY)  # raw and EMA params: the same layout
     chex.assert_trees_all_close(x, y)
-    z = gan.sample(state.params, jax.random.key(1), 5, TINY, labels=jnp.full((5,), 2))
+    # default labels cycle 0, 1, 2, ...; explicit labels are cycled too
+    chex.assert_trees_all_close(x, gan.sample(state.params, jax.random.key(1), 5, TINY,
+                                              gan.SampleOptions(labels=(0, 1, 2))))
+    z = gan.sample(state.params, jax.random.key(1), 5, TINY, gan.SampleOptions(labels=(2,)))
     assert not np.allclose(x, z)
+    chex.assert_trees_all_close(z[2], x[2])  # sample 2 had label 2 both times, the same z
+    with pytest.raises(ConfigError, match="out of range"):
+        gan.sample(state.params, jax.random.key(1), 5, TINY, gan.SampleOptions(labels=(3,)))
+    uncond = dataclasses.replace(MLP, num_classes=0)
+    with pytest.raises(ConfigError, match="unconditional"):
+        gan.sample(new_state(uncond).params, jax.random.key(1), 5, uncond, gan.SampleOptions(labels=(1,)))
     chex.assert_shape(gan.sample(fresh_state(MLP).ema_params, jax.random.key(1), 7, MLP), (7, 2))
 
 
-def test_ring_data_and_score():
-    x, y = gan.ring_data(0, 4000)
-    np.testing.assert_array_equal(x, gan.ring_data(0, 4000)[0])  # seeded
-    score = gan.ring_score(x)
-    assert score["modes"] == 8 and score["hq"] > 0.98
-    assert gan.ring_score(np.zeros((100, 2)))["modes"] == 0
-    assert gan.ring_score(gan.ring_centers()[[0] * 100])["modes"] == 1
+def test_evaluate_returns_sums_with_count():
+    state = fresh_state(TINY)
+    out = gan.evaluate(state.params, image_batch(n=6), jax.random.key(2), TINY)
+    assert int(out["count"]) == 6 and 0 <= int(out["d_correct"]) <= 12
+    assert np.isfinite(float(out["d_real"])) and np.isfinite(float(out["d_fake"]))
+    # sums, not means: twice the batch, twice the real-logit sum
+    twice = {k: np.concatenate([v, v]) for k, v in image_batch(n=6).items()}
+    out2 = gan.evaluate(state.params, twice, jax.random.key(2), TINY)
+    np.testing.assert_allclose(out2["d_real"], 2 * out["d_real"], rtol=1e-5)
+    assert int(out2["count"]) == 12
 
 
-def test_ring_training_covers_modes():
-    cfg = gan.RING
-    state = gan.init_state(jax.random.key(0), cfg)
-    step = jax.jit(gan.make_step(cfg), donate_argnums=0)
-    data = gan.ring_batches(gan.RING_BATCH, seed=0)
-    for i in range(gan.RING_STEPS):
-        state, metrics = step(state, next(data))
+# ----------------------------------------------------------------------------- the shared train config
+#
+# The step's updates are genjax.train's: gradients of gan.d_loss / gan.g_loss, accumulated over
+# train.grad_accum microbatches, through train.make_optimizer's optax chain (D's at lr * d_lr_scale),
+# one finite guard over both players, the EMA. These tests rebuild that by hand.
+
+
+def hand_optimizer(tc: train.TrainConfig, peak: float) -> optax.GradientTransformation:
+    """What train.make_optimizer should be, written out: clip, Adam, decoupled weight decay, lr schedule."""
+    warm, total = max(tc.warmup_steps, 1), max(tc.steps, tc.warmup_steps + 1)
+
+    def lr(count):
+        if tc.schedule == "constant":
+            assert tc.warmup_steps == 0
+            return peak
+        t = jnp.asarray(count, jnp.float64)
+        frac = jnp.clip((t - warm) / (total - warm), 0.0, 1.0)
+        cosine = 0.1 * peak + 0.9 * peak * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        return jnp.where(t < warm, peak * t / warm, cosine)
+
+    parts = [optax.clip_by_global_norm(tc.grad_clip)] if tc.grad_clip else []
+    parts += [optax.scale_by_adam(tc.b1, tc.b2, eps=ADAM_EPS), optax.add_decayed_weights(tc.weight_decay),
+              optax.scale_by_learning_rate(lr)]
+    return optax.chain(*parts)
+
+
+def hand_steps(state, batches, cfg, tc, clip=True):
+    """The two-player steps over `batches`, by hand: (params, ema) after them. Keys as the step draws them:
+    (k_d, k_g) = split(fold_in(key, step)); D update i gets split(k_d, n_disc)[i], G's z is
+    normal(fold_in(k_g, 0)); D update i of step s is R1's update s * n_disc + i."""
+    tc = tc if clip else dataclasses.replace(tc, grad_clip=0.0)
+    tx_g, tx_d = hand_optimizer(tc, tc.lr), hand_optimizer(tc, tc.lr * cfg.d_lr_scale)
+    params, ema = state.params, state.ema_params
+    opt_g, opt_d = tx_g.init(params["generator"]), tx_d.init(params["discriminator"]["params"])
+    for s, batch in enumerate(batches):
+        k_d, k_g = jax.random.split(jax.random.fold_in(state.key, s))
+        real, labels = jnp.asarray(batch["x"]), jnp.asarray(batch["label"])
+        m = real.shape[0] // cfg.n_disc
+        for i, k in enumerate(jax.random.split(k_d, cfg.n_disc)):
+            disc = params["discriminator"]
+            _, u = gan.d_weights(disc, cfg, update=True)
+            chunk = {"real": real[i * m:(i + 1) * m], "label": labels[i * m:(i + 1) * m]}
+            grads = jax.grad(lambda p: gan.d_loss(p, chunk, k, params=params, spectral_u=u,
+                                                  d_iter=s * cfg.n_disc + i, cfg=cfg)[0])(disc["params"])
+            updates, opt_d = tx_d.update(grads, opt_d, disc["params"])
+            params = {**params, "discriminator": {"params": optax.apply_updates(disc["params"], updates),
+                                                  "spectral": u}}
+        d_fixed = gan.d_weights(params["discriminator"], cfg)[0]
+        g_batch = {"z": jax.random.normal(jax.random.fold_in(k_g, 0), (m, cfg.latent_dim), jnp.float32),
+                   "label": labels[:m]}
+        grads = jax.grad(lambda p: gan.g_loss(p, g_batch, k_g, d_weights_fixed=d_fixed, cfg=cfg)[0])(
+            params["generator"])
+        updates, opt_g = tx_g.update(grads, opt_g, params["generator"])
+        params = {**params, "generator": optax.apply_updates(params["generator"], updates)}
+        decay = min(tc.ema_decay, (1 + s) / (10 + s)) if tc.ema_warmup else tc.ema_decay
+        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+    return params, ema
+
+
+REFERENCE_CASES = {
+    # two D updates per step at 3x the lr, decoupled weight decay, and a clip small enough that Adam's eps
+    # makes it matter (Adam alone is invariant to a gradient's scale)
+    "ndisc2-clip-decay": (SHARED, train.TrainConfig(lr=1e-2, b1=0.5, weight_decay=0.1, grad_clip=1e-6,
+                                                    ema_decay=0.9, ema_warmup=True)),
+    # cosine schedule with warmup (lr 0, peak, then decaying) and weight decay; one D update per step
+    "cosine-warmup-decay": (dataclasses.replace(SHARED, n_disc=1, r1_every=1, d_lr_scale=0.5),
+                            train.TrainConfig(lr=1e-2, schedule="cosine", warmup_steps=1, steps=4, weight_decay=0.5,
+                                              b2=0.99, ema_decay=0.95)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFERENCE_CASES))
+def test_step_is_train_pieces_by_hand(case):
+    cfg, tc = REFERENCE_CASES[case]
+    batches = [point_batch(8, seed=s) for s in range(3)]
+    with jax.enable_x64(True):  # float64: Adam's g / (|g| + eps) would amplify float32 rounding
+        state = new_state(cfg, tc, dtype=jnp.float64)
+        step = jax.jit(gan.make_step(cfg, tc), compiler_options=QUICK)
+        got = state
+        for batch in batches:
+            got, metrics = step(got, batch)
+            assert float(metrics["nonfinite"]) == 0.0
+        params, ema = hand_steps(state, batches, cfg, tc)
+        chex.assert_trees_all_close(got.params, params, rtol=1e-9, atol=1e-12)
+        chex.assert_trees_all_close(got.ema_params, ema, rtol=1e-6)  # the step's EMA decay is a float32
+        assert int(got.opt_state["generator"][0].count) == 3
+        assert int(got.opt_state["discriminator"][0].count) == 3 * cfg.n_disc
+        if tc.grad_clip:  # the clip did bind, and the test sees it
+            assert min(float(metrics["d_grad_norm"]), float(metrics["g_grad_norm"])) > 10 * tc.grad_clip
+            unclipped, _ = hand_steps(state, batches, cfg, tc, clip=False)
+            assert max_abs_delta(unclipped["generator"], params["generator"]) > 1e-4
+            assert max_abs_delta(unclipped["discriminator"]["params"], params["discriminator"]["params"]) > 1e-4
+
+
+def test_grad_accum_equals_one_microbatch():
+    """grad_accum=2 splits each D slice (batch / n_disc) and the G batch into 2 microbatches: same step."""
+    cfg = SHARED  # n_disc=2, R1 every 2nd D update, spectral norm, conditional
+    tc1 = train.TrainConfig(lr=1e-2, b1=0.5, weight_decay=0.1, ema_decay=0.9, ema_warmup=True)
+    tc2 = dataclasses.replace(tc1, grad_accum=2)
+    batches = [point_batch(8, seed=s) for s in range(2)]
+    with jax.enable_x64(True):
+        state = new_state(cfg, tc1, dtype=jnp.float64)
+        # Each microbatch draws its own noise (its own key), so make the fakes independent of z: zero the
+        # generator's first-layer rows that read z (the rest read the class embedding). G's own batch of z is
+        # drawn once per step, outside the microbatches.
+        g = state.params["generator"]
+        kernel = g["Dense_0"]["kernel"].at[:cfg.latent_dim].set(0.0)
+        state = state.replace(params={**state.params, "generator": {**g, "Dense_0": {**g["Dense_0"],
+                                                                                     "kernel": kernel}}})
+        state = state.replace(ema_params=state.params)
+        results = []
+        for tc in (tc1, tc2):
+            step, s = jax.jit(gan.make_step(cfg, tc), compiler_options=QUICK), state
+            for batch in batches:
+                s, metrics = step(s, batch)
+            results.append((s, metrics))
+        (s1, m1), (s2, m2) = results
+        assert float(m1["r1"]) > 0.0 and float(m1["nonfinite"]) == 0.0
+        # params, Adam's moments (which see the gradient's scale: a sum instead of a mean shows there), EMA
+        chex.assert_trees_all_close((s1.params, s1.opt_state, s1.ema_params), (s2.params, s2.opt_state, s2.ema_params),
+                                    rtol=1e-9, atol=1e-12)
+        chex.assert_trees_all_close(m1, m2, rtol=1e-9, atol=1e-12)
+        assert all(leaves_moved(s2.params["discriminator"]["params"], state.params["discriminator"]["params"]))
+
+
+def test_d_learning_rate_scale_and_tiny_clip_bound_each_update():
+    cfg = dataclasses.replace(SHARED, n_disc=1)  # d_lr_scale=3
+    free = train.TrainConfig(lr=1e-3, b1=0.5)
+    clipped = dataclasses.replace(free, grad_clip=1e-10)
+    state = new_state(cfg, free)
+    batch = point_batch()
+    new, metrics = compiled_step(cfg, free)(state, batch)
+    # Adam's first update is lr * g / (|g| + eps) per element: at most lr, and ~lr for the largest gradients.
+    dg = max_abs_delta(new.params["generator"], state.params["generator"])
+    dd = max_abs_delta(new.params["discriminator"]["params"], state.params["discriminator"]["params"])
+    np.testing.assert_allclose(dg, free.lr, rtol=2e-3)
+    np.testing.assert_allclose(dd, free.lr * cfg.d_lr_scale, rtol=2e-3)  # D's lr is train.lr * d_lr_scale
+
+    new_c, metrics_c = compiled_step(cfg, clipped)(state, batch)
+    assert float(metrics_c["nonfinite"]) == 0.0
+    # clip_by_global_norm(c) leaves a gradient of norm <= c, so each Adam update has norm <= lr * c / eps
+    # (plus float32 rounding of the parameters).
+    for player, params_new, params_old, lr in (
+            ("generator", new_c.params["generator"], state.params["generator"], free.lr),
+            ("discriminator", new_c.params["discriminator"]["params"], state.params["discriminator"]["params"],
+             free.lr * cfg.d_lr_scale)):
+        assert float(metrics_c[f"{player[0]}_grad_norm"]) > 1e3 * clipped.grad_clip  # the clip binds
+        bound = lr * clipped.grad_clip / ADAM_EPS
+        assert 0.0 < delta_norm(params_new, params_old) <= bound * 1.01 + 2e-6, player
+        assert delta_norm(params_new, params_old) < 0.1 * delta_norm(
+            new.params[player] if player == "generator" else new.params[player]["params"], params_old)
+
+
+def _poison_second_moment(state, player, table):
+    """NaN in row 2 of `table`'s embedding in `player`'s Adam second moment: that player's update of that
+    row is NaN, while the losses and gradients (no example of class 2) stay finite."""
+    adam = state.opt_state[player][0]
+    nu = {**adam.nu, table: {"embedding": adam.nu[table]["embedding"].at[2].set(jnp.nan)}}
+    opt = (adam._replace(nu=nu), *state.opt_state[player][1:])
+    return state.replace(opt_state={**state.opt_state, player: opt})
+
+
+@pytest.mark.parametrize("player,table", [("generator", "class_embed"), ("discriminator", "class_proj")])
+def test_nonfinite_update_of_either_player_keeps_the_whole_state(player, table):
+    # no spectral norm, so a NaN row of D stays in its row (and out of the G update's logits)
+    cfg = dataclasses.replace(SHARED, spectral_norm=False, n_disc=1)
+    tc = train.TrainConfig(lr=1e-3, ema_decay=0.9)
+    batch = {**point_batch(), "label": np.arange(8, dtype=np.int32) % 2}  # classes 0 and 1 only
+    step = compiled_step(cfg, tc)
+    clean = new_state(cfg, tc)
+    moved, metrics = step(clean, batch)
     assert float(metrics["nonfinite"]) == 0.0
-    score = gan.ring_score(gan.sample(state.ema_params, jax.random.key(1), 2500, cfg))
-    assert score["modes"] >= 7 and score["hq"] >= 0.7, score
+    for name in ("generator", "discriminator"):
+        assert any(leaves_moved(moved.params[name], clean.params[name])), name
+
+    state = _poison_second_moment(clean, player, table)
+    new, metrics = step(state, batch)
+    assert float(metrics["nonfinite"]) == 1.0 and int(new.step) == 1
+    for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm"):  # only an updated parameter was not finite
+        assert np.isfinite(float(metrics[name])), name
+    # both players' updates are dropped, the finite one too; the EMA and optimizer states are kept
+    chex.assert_trees_all_equal((new.params, new.opt_state, new.ema_params),
+                                (state.params, state.opt_state, state.ema_params))
 
 
 # ----------------------------------------------------------------------------- checkpoints and experiments
@@ -238,15 +478,20 @@ def test_checkpoint_resume_of_the_two_player_state(tmp_path):
     ckpt.close()
 
 
-def test_gan_digits_experiment_and_sample_cli(tmp_path, device1):
-    import subprocess
-    import sys
+def _files(root):
+    return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs}
 
+
+def test_gan_digits_experiment_and_sample_cli(tmp_path, device1, capsys):
     from genjax import config as config_lib, log
+    from genjax import sample as sample_cli
     from experiments import gan_digits
 
+    # The shared train config applies to the GAN: schedule, clipping, weight decay, accumulation.
     overrides = {"train.steps": 2, "train.batch_size": 16, "train.log_every": 1, "train.eval_every": 2,
                  "train.sample_every": 2, "train.ckpt_every": 1, "train.num_devices": 1,
+                 "train.schedule": "cosine", "train.warmup_steps": 1, "train.grad_clip": 1.0,
+                 "train.weight_decay": 0.01, "train.grad_accum": 2,
                  "num_quality_samples": 64, "model.widths": "16,8", "model.latent_dim": 8,
                  "model.num_classes": 10, "baselines": "false"}
     cfg = config_lib.override(gan_digits.Config(), {k: str(v) for k, v in overrides.items()})
@@ -256,14 +501,28 @@ def test_gan_digits_experiment_and_sample_cli(tmp_path, device1):
     assert len(summary["class_hist"]) == 10 and 0.0 <= summary["label_accuracy"] <= 1.0
     for name in ("config.json", "metrics.jsonl", "summary.json", "samples/samples_000002.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
-    assert [r["step"] for r in log.read_metrics(workdir, "train")] == [1, 2]
+    rows = log.read_metrics(workdir, "train")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["nonfinite"] == 0 for r in rows)
     assert np.isfinite(log.read_metrics(workdir, "eval")[0]["kid"])
+    # resuming with another optimizer setting is refused, naming it, before anything is written
+    before = _files(workdir)
     with pytest.raises(ConfigError, match="train.lr"):
-        gan_digits.train_and_evaluate(config_lib.override(cfg, {"train.lr": "0.1"}), str(tmp_path / "bad"))
+        gan_digits.train_and_evaluate(config_lib.override(cfg, {"train.lr": "0.1"}), workdir)
+    with pytest.raises(ConfigError, match="model.d_lr_scale"):
+        gan_digits.train_and_evaluate(config_lib.override(cfg, {"model.d_lr_scale": "1.0"}), workdir)
+    assert _files(workdir) == before
 
+    # the sample CLI: EMA weights, labels cycled, the run's generator
     out = tmp_path / "s.npy"
-    res = subprocess.run([sys.executable, "-m", "genjax.sample", workdir, "--num", "5", "--labels", "3",
-                          "--out", str(out)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+    assert sample_cli.main([workdir, "--num", "5", "--labels", "3", "--out", str(out)]) == 0
     samples = np.load(out)
     assert samples.shape == (5, 8, 8, 1) and samples.min() >= 0 and samples.max() <= 1
+    _, model_cfg, params, _ = sample_cli.load_run(workdir)
+    want = gan.sample(params, jax.random.fold_in(jax.random.key(0), 0), 5, model_cfg, gan.SampleOptions(labels=(3,)))
+    np.testing.assert_allclose(samples, np.asarray(want), atol=1e-6)
+    out4 = tmp_path / "s4.npy"
+    assert sample_cli.main([workdir, "--num", "5", "--labels", "4", "--out", str(out4)]) == 0
+    assert not np.allclose(np.load(out4), samples)
+    capsys.readouterr()
+    assert sample_cli.main([workdir, "--num", "5", "--labels", "10", "--out", str(out)]) == 2
+    assert "out of range" in capsys.readouterr().err

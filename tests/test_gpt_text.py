@@ -1,29 +1,27 @@
 """gpt_text end to end on tiny settings: trains, logs text metrics, and `genjax.sample` prints text."""
 
-import subprocess
-import sys
-
 import chex
 import numpy as np
 
-from genjax import checkpoint, config as config_lib, log, parallel
+from genjax import checkpoint, config as config_lib, log, parallel, sample as sample_cli
 from experiments import gpt_text
+from tests.test_workdir import corpus, tiny_run
 
 
-def test_gpt_text_one_step_and_sample_cli(tmp_path):
-    cfg = config_lib.override(gpt_text.Config(), {
-        "train.steps": "2", "train.log_every": "1", "train.eval_every": "2", "train.sample_every": "2",
-        "train.num_devices": "1", "eval_blocks": "8", "sample_length": "8",
-        "model.n_layer": "1", "model.d_model": "32", "model.n_head": "2"})
-    workdir = str(tmp_path / "run")
-    summary = gpt_text.train_and_evaluate(cfg, workdir)
+def test_gpt_text_one_step_and_sample_cli(tmp_path_factory, capsys):
+    workdir, summary = tiny_run("gpt", tmp_path_factory)  # 2 steps, 1 layer, on a small corpus
     assert summary["steps"] == 2 and np.isfinite(summary["val_bits_per_char"])
-    assert summary["val_perplexity"] == np.exp(summary["val_loss"])
+    assert np.isclose(summary["val_perplexity"], np.exp(summary["val_loss"]))
+    assert 0 <= summary["val_accuracy"] <= 1
     assert [r["step"] for r in log.read_metrics(workdir, "train")] == [1, 2]
-    res = subprocess.run([sys.executable, "-m", "genjax.sample", workdir, "--prompt", "The", "--length", "8"],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.startswith("The")
+    assert [r["step"] for r in log.read_metrics(workdir, "eval")] == [2]
+    alphabet = set(open(corpus(tmp_path_factory)).read())
+    final = open(f"{workdir}/samples/final.txt").read()
+    assert len(final) >= 1 and set(final) <= alphabet
+    capsys.readouterr()
+    assert sample_cli.main([workdir, "--prompt", "the", "--length", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("the") and set(out) <= alphabet | {"\n"}
 
 
 def test_restore_on_other_device_counts_and_continue(tmp_path, devices8, monkeypatch):
@@ -35,7 +33,7 @@ def test_restore_on_other_device_counts_and_continue(tmp_path, devices8, monkeyp
         cfg = config_lib.override(gpt_text.Config(), {
             "train.steps": str(steps), "train.batch_size": "8", "train.schedule": "constant",
             "train.warmup_steps": "0", "train.log_every": "2", "train.ckpt_every": "4",
-            "train.eval_every": "100", "train.sample_every": "100", "eval_blocks": "8", "sample_length": "4",
+            "train.eval_every": "100", "train.sample_every": "100", "eval_blocks": "8", "sample.length": "4",
             "model.n_layer": "1", "model.d_model": "32", "model.n_head": "2",
             **{f"train.{k}": str(v) for k, v in layout.items()}})
         return gpt_text.train_and_evaluate(cfg, str(tmp_path / workdir))

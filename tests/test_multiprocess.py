@@ -18,11 +18,11 @@ import pytest
 from genjax import checkpoint
 
 VAE_ARGS = ["--train.steps", "20", "--train.batch_size", "16", "--train.log_every", "5", "--train.ckpt_every", "10",
-        "--train.eval_every", "1000", "--train.sample_every", "1000", "--eval_iwae_k", "2",
+        "--train.eval_every", "1000", "--train.sample_every", "1000", "--model.iwae_samples", "2",
         "--num_quality_samples", "64", "--model.hidden", "32", "--model.latent_dim", "4"]
 GPT_ARGS = ["--train.steps", "20", "--train.batch_size", "8", "--train.log_every", "5", "--train.ckpt_every", "10",
             "--train.eval_every", "1000", "--train.sample_every", "1000", "--eval_blocks", "16",
-            "--sample_length", "8", "--model.n_layer", "2", "--model.n_head", "2", "--model.d_model", "32",
+            "--sample.length", "8", "--model.n_layer", "2", "--model.n_head", "2", "--model.d_model", "32",
             "--model.block_size", "32"]
 CASES = {  # experiment: (args of both runs, extra args of the 2-process run, its mesh as printed)
     "vae_digits": (VAE_ARGS, [], "'data': 4, 'fsdp': 1, 'model': 1"),

@@ -12,7 +12,7 @@ import pytest
 from genjax import train
 
 
-def quadratic_loss(params, batch, key):
+def quadratic_loss(params, batch, key, step=None):
     err = batch["x"] @ params["w"] - batch["y"]
     return jnp.mean(err**2), {"mse": jnp.mean(err**2)}
 
@@ -89,7 +89,7 @@ def test_step_keys_depend_on_step_and_seed_only():
     tx = optax.sgd(0.1)
     seen = []
 
-    def loss(params, batch, key):
+    def loss(params, batch, key, step):
         return jnp.sum(params["w"]) * 0.0, {"draw": jax.random.uniform(key)}
 
     step = jax.jit(train.make_step(loss, tx))
@@ -103,17 +103,87 @@ def test_step_keys_depend_on_step_and_seed_only():
     assert seen[0] == seen[1] and seen[0] != seen[2] and len(set(seen[0])) == 3
 
 
-def test_with_step_passes_the_step_counter():
+def test_the_step_counter_is_always_passed_to_the_loss():
     tx = optax.sgd(0.0)
 
-    def loss(params, batch, key, step):
+    def loss(params, batch, key, step):  # no default: make_step must always pass it
         return jnp.sum(params["w"]) * 0.0, {"step_seen": step.astype(jnp.float32)}
 
-    step = jax.jit(train.make_step(loss, tx, with_step=True))
+    step = jax.jit(train.make_step(loss, tx, grad_accum=2))  # also through the microbatch loop
     state = train.init_state(jax.random.key(0), {"w": jnp.zeros(2)}, tx)
     for expected in range(3):
-        state, m = step(state, {})
+        state, m = step(state, {"x": jnp.zeros((4, 1))})
         assert float(m["step_seen"]) == expected
+
+
+def test_apply_gradients_checks_the_updated_params():
+    params, grads = {"w": jnp.ones(3)}, {"w": jnp.array([1.0, -2.0, 0.5])}
+    loss = jnp.float32(1.0)
+    tx = optax.sgd(0.1)
+    new, _, finite = train.apply_gradients(tx, params, tx.init(params), grads, loss)
+    assert bool(finite)
+    chex.assert_trees_all_close(new, {"w": jnp.array([0.9, 1.2, 0.95])}, rtol=1e-6)
+    for bad_loss, bad_grads in ((jnp.float32(jnp.nan), grads), (loss, {"w": grads["w"].at[1].set(jnp.inf)})):
+        assert not bool(train.apply_gradients(tx, params, tx.init(params), bad_grads, bad_loss)[2])
+    # Loss and gradients finite, the update not: an infinite learning rate, or a finite one so large
+    # that the float32 parameters overflow. Only the new parameters show it; they come back unguarded.
+    for scale in (jnp.inf, 3e38):
+        tx = optax.scale(scale)
+        new, _, finite = train.apply_gradients(tx, params, tx.init(params), grads, loss)
+        assert not bool(finite), scale
+        assert not bool(jnp.all(jnp.isfinite(new["w"])))
+    # and make_step keeps the state, counts the step, reports it
+    tx = optax.scale(3e38)
+    state = train.init_state(jax.random.key(0), {"w": jnp.ones(3)}, tx)
+    _, batch = _problem(d=3)
+    new, metrics = jax.jit(train.make_step(quadratic_loss, tx))(state, batch)
+    assert float(metrics["nonfinite"]) == 1.0 and np.isfinite(float(metrics["loss"]))
+    assert int(new.step) == 1
+    chex.assert_trees_all_equal(new.params, state.params)
+
+
+def test_update_ema_warmup_follows_the_formula():
+    ema, params = {"w": jnp.zeros(2)}, {"w": jnp.ones(2)}
+    assert train.update_ema(None, params, 0.99, 0, warmup=True) is None
+    for t in (0, 1, 5, 50, 500, 5000):
+        d = min(0.99, (1 + t) / (10 + t))
+        got = train.update_ema(ema, params, 0.99, jnp.int32(t), warmup=True)
+        np.testing.assert_allclose(got["w"], 1.0 - d, rtol=1e-5, err_msg=f"t={t}")
+        # without warmup the decay is the configured one at every step
+        np.testing.assert_allclose(train.update_ema(ema, params, 0.99, t)["w"], 0.01, rtol=1e-5)
+    assert (1 + 5000) / (10 + 5000) > 0.99  # the last t really reached the cap
+
+
+def test_step_for_takes_ema_warmup_and_accumulation_from_the_config():
+    params, batch = _problem(n=8)
+    cfg = train.TrainConfig(lr=0.1, ema_decay=0.9, ema_warmup=True, grad_accum=2)
+    tx = optax.sgd(0.1)
+    state = train.init_state(jax.random.key(0), params, tx, ema=True)
+    assert state.eval_params is state.ema_params
+    step = jax.jit(train.step_for(quadratic_loss, cfg, tx))
+    s = state
+    for t in range(3):
+        new, _ = step(s, batch)
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = jax.tree.map(lambda e, p: d * e + (1 - d) * p, s.ema_params, new.params)
+        chex.assert_trees_all_close(new.ema_params, expected, rtol=1e-6, atol=1e-7)
+        s = new
+    assert _traced_batch_sizes(cfg, batch) == {4}  # grad_accum=2 microbatches of the 8 examples
+    plain = train.init_state(jax.random.key(0), params, tx)
+    assert plain.ema_params is None and plain.eval_params is plain.params
+
+
+def _traced_batch_sizes(cfg, batch):
+    """The batch sizes the loss is traced with under step_for(cfg)."""
+    sizes = []
+
+    def loss(params, b, key, step):
+        sizes.append(b["x"].shape[0])
+        return quadratic_loss(params, b, key)
+
+    tx = optax.sgd(0.1)
+    jax.eval_shape(train.step_for(loss, cfg, tx), train.init_state(jax.random.key(0), _problem()[0], tx), batch)
+    return set(sizes)
 
 
 @pytest.mark.parametrize("schedule,warmup", [("constant", 0), ("constant", 10), ("cosine", 10)])
