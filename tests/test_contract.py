@@ -44,7 +44,7 @@ def _tiny(name, family):
         return dataclasses.replace(family.SIZES["digits"], hidden=(16,), latent_dim=2, iwae_samples=2), images
     if name == "diffusion":
         return dataclasses.replace(family.SIZES["digits"], channels=8, num_groups=4, num_classes=3,
-                                   timesteps=50), images
+                                   channel_mults=(1,), attn_resolutions=(), timesteps=50), images
     return family.SIZES["digits"], images
 
 
