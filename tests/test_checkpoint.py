@@ -60,7 +60,7 @@ def test_restore_across_device_counts(tmp_path, devices8):
     ckpt.close()
 
 
-def _loss(params, batch, key):
+def _loss(params, batch, key, step=None):
     out = batch["x"] @ params["dense"]["kernel"] + params["dense"]["bias"]
     return jnp.mean(out**2), {}
 

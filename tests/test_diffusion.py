@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from experiments import diffusion_digits
-from genjax import checkpoint, config as config_lib, log, sample as sample_cli
+from genjax import checkpoint, log, sample as sample_cli
 from genjax.config import ConfigError
-from genjax.models import diffusion as dm
+from genjax.models import cycle_labels, diffusion as dm
+from tests.test_workdir import tiny_config, tiny_run
 
 # ----------------------------------------------------------------------------- Gaussian data
 
@@ -104,8 +105,8 @@ def reference_moments(schedule, T, sampler):
 
 
 def test_config_validation_and_named_sizes():
-    for make in dm.SIZES.values():
-        make().validate()
+    for cfg in dm.SIZES.values():
+        cfg.validate()
     dm.Config(timesteps=0).validate()
     bad = [dict(image_shape=(8, 8)), dict(num_classes=-1), dict(timesteps=1), dict(cond_drop_prob=1.0),
            dict(num_groups=5), dict(attn_resolutions=(3,)), dict(channel_mults=()), dict(dropout=1.0),
@@ -114,8 +115,8 @@ def test_config_validation_and_named_sizes():
         with pytest.raises(ConfigError, match="model\\."):
             dataclasses.replace(dm.Config(), **overrides).validate()
     with pytest.raises(ConfigError, match="sides \\(32, 16, 8, 4\\)"):  # 28x28 pads to 32 with 4 levels
-        dm.mnist(channel_mults=(1, 2, 2, 2), attn_resolutions=(14,)).validate()
-    c = dm.cifar10_ddpm()
+        dataclasses.replace(dm.SIZES["mnist"], channel_mults=(1, 2, 2, 2), attn_resolutions=(14,)).validate()
+    c = dm.SIZES["cifar10"]
     assert (c.channels, c.channel_mults, c.num_res_blocks, c.attn_resolutions, c.dropout, c.schedule) == (
         128, (1, 2, 2, 2), 2, (16,), 0.1, "linear")
 
@@ -319,7 +320,7 @@ def test_bound_for_gaussian_data_with_the_optimal_denoiser():
     # discrete, T = 100 (linear)
     cfg = dm.Config(schedule="linear", timesteps=100, prediction="x0")
     terms = jax.jit(lambda x, k: dm.vlb_terms(x0_fn(cfg), x, k, cfg))(x0, jax.random.key(0))
-    snr = np.exp(dm._log_snr_safe(np.arange(101) / 100, "linear", np))
+    snr = np.exp(dm.log_snr_safe(np.arange(101) / 100, "linear", np))
     expected = sum(0.5 * (snr[i - 1] - snr[i]) * np.sum(w / (1 + snr[i] * w)) for i in range(2, 101))
     diff = np.asarray(terms["diffusion"], np.float64)
     assert abs(diff.mean() - expected) < 4 * diff.std() / np.sqrt(n) + 1e-3 * expected, (diff.mean(), expected)
@@ -341,7 +342,7 @@ def _n_params(tree):
 
 @pytest.mark.parametrize("name,shape", [("digits", (8, 8, 1)), ("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
 def test_unet_shapes_for_named_sizes(name, shape):
-    cfg = dm.SIZES[name](num_classes=10)
+    cfg = dataclasses.replace(dm.SIZES[name], num_classes=10)
     params = jax.eval_shape(functools.partial(dm.init, cfg=cfg), jax.random.key(0))
     out = jax.eval_shape(lambda p, x, t, l: dm.apply(p, x, t, l, cfg), params,
                          jax.ShapeDtypeStruct((2, *shape), jnp.float32), jax.ShapeDtypeStruct((2,), jnp.float32),
@@ -355,7 +356,8 @@ def test_unet_shapes_for_named_sizes(name, shape):
 
 
 def test_unet_pads_odd_sizes_and_computes_in_bfloat16():
-    cfg = dm.mnist(channel_mults=(1, 2, 2, 2), attn_resolutions=(16,), dtype="bfloat16", channels=32)
+    cfg = dataclasses.replace(dm.SIZES["mnist"], channel_mults=(1, 2, 2, 2), attn_resolutions=(16,),
+                              dtype="bfloat16", channels=32)
     cfg.validate()
     params = jax.eval_shape(functools.partial(dm.init, cfg=cfg), jax.random.key(0))
     out = jax.eval_shape(lambda p, x: dm.apply(p, x, jnp.ones((3,)), None, cfg), params,
@@ -369,38 +371,34 @@ def test_unet_pads_odd_sizes_and_computes_in_bfloat16():
 
 
 def test_sample_argument_errors_before_tracing():
+    """Options a model cannot use are refused before anything runs (params=None is never touched)."""
     cfg, key = dm.Config(num_classes=10), jax.random.key(0)
-    for kwargs, match in ((dict(sampler="euler"), "sampler"), (dict(labels=[11]), "labels must be"),
-                          (dict(steps=2000), "exceeds"), (dict(spacing="cubic"), "spacing")):
+    for options, match in ((dm.SampleOptions(sampler="euler"), "sampler"),
+                           (dm.SampleOptions(labels=(11,)), "labels \\[11\\] are out of range: use 0..10"),
+                           (dm.SampleOptions(labels=(-1,)), "out of range"),
+                           (dm.SampleOptions(steps=2000), "exceeds"), (dm.SampleOptions(steps=0), "steps=0"),
+                           (dm.SampleOptions(spacing="cubic"), "spacing"), (dm.SampleOptions(eta=1.5), "eta")):
         with pytest.raises(ValueError, match=match):
-            dm.sample(None, key, 2, cfg, **kwargs)
+            dm.sample(None, key, 2, cfg, options)
     uncond = dm.Config()
-    with pytest.raises(ValueError, match="guidance"):
-        dm.sample(None, key, 2, uncond, guidance=1.0)
-    with pytest.raises(ValueError, match="unconditional"):
-        dm.sample(None, key, 2, uncond, labels=[1])
-    np.testing.assert_array_equal(dm._labels("3,4", 5, cfg), [3, 4, 3, 4, 3])
-    np.testing.assert_array_equal(dm._labels(None, 12, cfg), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+    with pytest.raises(ConfigError, match="guidance"):
+        dm.sample(None, key, 2, uncond, dm.SampleOptions(guidance=1.0))
+    with pytest.raises(ConfigError, match="unconditional"):
+        dm.sample(None, key, 2, uncond, dm.SampleOptions(labels=(1,)))
+    np.testing.assert_array_equal(cycle_labels((3, 4), 5, 10), [3, 4, 3, 4, 3])
+    np.testing.assert_array_equal(cycle_labels((), 12, 10), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+    assert cycle_labels((1,), 3, 0) is None  # unconditional: no labels
 
 
 # ----------------------------------------------------------------------------- the experiment
 
 
-def tiny_experiment(**overrides):
-    base = {"train.steps": "2", "train.batch_size": "16", "train.log_every": "1", "train.eval_every": "2",
-            "train.sample_every": "2", "train.ckpt_every": "1", "eval_repeats": "1", "num_quality_samples": "100",
-            "sample_steps": "2", "model.channels": "8", "model.num_groups": "4", "model.channel_mults": "1",
-            "model.attn_resolutions": "", "model.num_classes": "10", "grid_guidance": "0"}
-    base.update({k: str(v) for k, v in overrides.items()})
-    return config_lib.override(diffusion_digits.Config(), base)
-
-
-def test_experiment_one_step_on_8_devices_and_the_sample_cli(tmp_path, devices8):
+def test_experiment_one_step_on_8_devices_and_the_sample_cli(tmp_path, tmp_path_factory, devices8, capsys):
     """The whole experiment, conditional, on 8 simulated devices: train steps through make_step with EMA,
-    the bound, guided and unguided samples, grids, the sample CLI, and guidance through the network."""
-    workdir = str(tmp_path / "run")
-    cfg = tiny_experiment()
-    summary = diffusion_digits.train_and_evaluate(cfg, workdir)
+    the bound, guided and unguided samples, grids, the sample CLI, and guidance through the network.
+    (The run is tests/test_workdir.py's shared tiny diffusion run, which test_sample_cli reads too.)"""
+    workdir, summary = tiny_run("diffusion", tmp_path_factory)
+    cfg = tiny_config("diffusion", tmp_path_factory)
     assert summary["steps"] == 2 and summary["devices"] == 8
     for key in ("test_bits_per_dim", "test_bits_per_dim_cond", "frechet", "frechet_gmm_baseline", "label_accuracy"):
         assert np.isfinite(summary[key]), key
@@ -419,14 +417,17 @@ def test_experiment_one_step_on_8_devices_and_the_sample_cli(tmp_path, devices8)
     # python -m genjax.sample WORKDIR reads the run back, with the diffusion options passed through
     out = str(tmp_path / "s.npy")
     assert sample_cli.main([workdir, "--num", "5", "--out", out, "--sampler", "ddim", "--steps", "3",
-                            "--guidance", "-1", "--labels", "1,2"]) == 0
+                            "--guidance", "-1", "--labels", "1,2"]) == 0, capsys.readouterr().err
     samples = np.load(out)
     assert samples.shape == (5, 8, 8, 1) and samples.dtype == np.float32
     assert samples.min() >= 0 and samples.max() <= 1
     # guidance w = -1 is exactly the unconditional model: the null label without guidance
     _, model_cfg, params, _ = sample_cli.load_run(workdir)
-    key = jax.random.key(0)  # the CLI's --seed 0
-    null = dm.sample(params, key, 5, model_cfg, sampler="ddim", steps=3, labels=[model_cfg.num_classes])
+    key = jax.random.fold_in(jax.random.key(0), 0)  # the CLI's --seed 0, its first (only) chunk
+    null = dm.sample(params, key, 5, model_cfg, dm.SampleOptions(sampler="ddim", steps=3,
+                                                                 labels=(model_cfg.num_classes,)))
     np.testing.assert_allclose(samples, null, atol=1e-5)
     with pytest.raises(ConfigError, match="model.num_classes=3"):
-        diffusion_digits.train_and_evaluate(tiny_experiment(**{"model.num_classes": 3}), str(tmp_path / "w"))
+        diffusion_digits.train_and_evaluate(tiny_config("diffusion", tmp_path_factory, **{"model.num_classes": "3"}),
+                                            str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()

@@ -39,9 +39,12 @@ def compiled_step(cfg, train_cfg=TRAIN):
     return jax.jit(gan.make_step(cfg, train_cfg), compiler_options=QUICK)
 
 
+init = jax.jit(gan.init, static_argnums=1, compiler_options=QUICK)  # one compile, not op-by-op dispatch
+
+
 def new_state(cfg, train_cfg=TRAIN, seed=0, dtype=None):
     k_init, k_state = jax.random.split(jax.random.key(seed))
-    params = gan.init(k_init, cfg)
+    params = init(k_init, cfg)
     if dtype is not None:
         params = jax.tree.map(lambda a: a.astype(dtype), params)
     return gan.init_state(k_state, params, cfg, train_cfg)
@@ -185,11 +188,12 @@ def test_spectral_norm_top_singular_value_is_one():
                 raw = raw[k.key]
             np.testing.assert_array_equal(w, raw)  # biases are left alone
     assert checked == 5  # 2 convs, dense, logit, class projection
-    # A single update from a fresh u already bounds the estimate from below.
+    # From a fresh u every estimate is a lower bound (||W u|| with unit u), rising to the top singular value.
     w = params["params"]["Conv_1"]["kernel"]
-    est, _ = spectral.sigma(w, params["spectral"]["Conv_1"]["kernel"], n_iters=20)
-    top = np.linalg.svd(np.asarray(w).reshape(-1, w.shape[-1]), compute_uv=False)[0]
-    np.testing.assert_allclose(est, top, rtol=1e-3)
+    top = np.linalg.svd(np.asarray(w, np.float64).reshape(-1, w.shape[-1]), compute_uv=False)[0]
+    estimates = [float(spectral.sigma(w, params["spectral"]["Conv_1"]["kernel"], n_iters=n)[0]) for n in (1, 5, 200)]
+    assert estimates[0] <= estimates[1] + 1e-6 and max(estimates) <= top * (1 + 1e-5), (estimates, top)
+    np.testing.assert_allclose(estimates[-1], top, rtol=1e-4)
 
 
 @pytest.mark.parametrize("cfg", [MLP, dataclasses.replace(TINY, widths=(8, 4))], ids=["mlp", "dcgan"])
@@ -264,12 +268,13 @@ def test_sample_shapes_range_and_labels():
 
 def test_evaluate_returns_sums_with_count():
     state = fresh_state(TINY)
-    out = gan.evaluate(state.params, image_batch(n=6), jax.random.key(2), TINY)
+    evaluate = jax.jit(gan.evaluate, static_argnums=3, compiler_options=QUICK)
+    out = evaluate(state.params, image_batch(n=6), jax.random.key(2), TINY)
     assert int(out["count"]) == 6 and 0 <= int(out["d_correct"]) <= 12
     assert np.isfinite(float(out["d_real"])) and np.isfinite(float(out["d_fake"]))
     # sums, not means: twice the batch, twice the real-logit sum
     twice = {k: np.concatenate([v, v]) for k, v in image_batch(n=6).items()}
-    out2 = gan.evaluate(state.params, twice, jax.random.key(2), TINY)
+    out2 = evaluate(state.params, twice, jax.random.key(2), TINY)
     np.testing.assert_allclose(out2["d_real"], 2 * out["d_real"], rtol=1e-5)
     assert int(out2["count"]) == 12
 
@@ -300,6 +305,7 @@ def hand_optimizer(tc: train.TrainConfig, peak: float) -> optax.GradientTransfor
     return optax.chain(*parts)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4), compiler_options=QUICK)
 def hand_steps(state, batches, cfg, tc, clip=True):
     """The two-player steps over `batches`, by hand: (params, ema) after them. Keys as the step draws them:
     (k_d, k_g) = split(fold_in(key, step)); D update i gets split(k_d, n_disc)[i], G's z is
@@ -356,14 +362,15 @@ def test_step_is_train_pieces_by_hand(case):
         for batch in batches:
             got, metrics = step(got, batch)
             assert float(metrics["nonfinite"]) == 0.0
-        params, ema = hand_steps(state, batches, cfg, tc)
-        chex.assert_trees_all_close(got.params, params, rtol=1e-9, atol=1e-12)
-        chex.assert_trees_all_close(got.ema_params, ema, rtol=1e-6)  # the step's EMA decay is a float32
+        params, ema = hand_steps(state, batches, cfg, tc, True)
+        # float64 throughout, but optax evaluates the lr schedule in float32
+        chex.assert_trees_all_close(got.params, params, rtol=1e-6, atol=1e-10)
+        chex.assert_trees_all_close(got.ema_params, ema, rtol=1e-6, atol=1e-7)  # the EMA decay is a float32
         assert int(got.opt_state["generator"][0].count) == 3
         assert int(got.opt_state["discriminator"][0].count) == 3 * cfg.n_disc
         if tc.grad_clip:  # the clip did bind, and the test sees it
             assert min(float(metrics["d_grad_norm"]), float(metrics["g_grad_norm"])) > 10 * tc.grad_clip
-            unclipped, _ = hand_steps(state, batches, cfg, tc, clip=False)
+            unclipped, _ = hand_steps(state, batches, cfg, tc, False)
             assert max_abs_delta(unclipped["generator"], params["generator"]) > 1e-4
             assert max_abs_delta(unclipped["discriminator"]["params"], params["discriminator"]["params"]) > 1e-4
 

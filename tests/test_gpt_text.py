@@ -47,4 +47,7 @@ def test_restore_on_other_device_counts_and_continue(tmp_path, devices8, monkeyp
     chain = checkpoint.restore_raw(str(tmp_path / "chain" / "checkpoints"))
     straight = checkpoint.restore_raw(str(tmp_path / "straight" / "checkpoints"))
     assert chain[0] == straight[0] == 12
-    chex.assert_trees_all_close(chain[1]["params"], straight[1]["params"], rtol=1e-4, atol=1e-6)
+    # Adam scales every update to ~lr = 1e-3, so an element whose gradient is near zero can move by a few
+    # 1e-6 under another reduction order (measured: 1 of 4096 by 9e-6); a lost or repeated step, or a
+    # restarted optimizer, moves elements by ~1e-3
+    chex.assert_trees_all_close(chain[1]["params"], straight[1]["params"], rtol=1e-4, atol=2e-5)

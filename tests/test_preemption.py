@@ -148,7 +148,6 @@ def test_wall_clock_checkpoints_are_agreed_when_clocks_disagree(runs):
 def _worker(workdir, steps, port, process_id, ckpt_every_secs, clock_rate):
     import jax
     import jax.numpy as jnp
-    import optax
 
     from genjax import checkpoint, loop, parallel, train
 

@@ -12,15 +12,12 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
-import optax
 import pytest
 
-from experiments import diffusion_digits
-from genjax import checkpoint, config as config_lib, log, sample as sample_cli, train
+from genjax import log, sample as sample_cli
 from genjax.models import diffusion
-from tests.test_workdir import tiny_config, tiny_run
+from tests.test_workdir import save_untrained_run, tiny_config, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +28,6 @@ def runs(tmp_path_factory):
     cfg = tiny_config("diffusion", tmp_path_factory, **{"model.num_classes": "0"})
     out["uncond"] = save_untrained_run(str(tmp_path_factory.mktemp("uncond")), cfg, "diffusion_digits", diffusion)
     return out
-
-
-def save_untrained_run(workdir: str, cfg, experiment: str, family) -> str:
-    """A workdir holding `cfg`'s config.json and a step-0 checkpoint of freshly initialized weights."""
-    config_lib.save(cfg, workdir, experiment=experiment, family=family.__name__.split(".")[-1])
-    params = family.init(jax.random.key(0), cfg.model)
-    saver = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-    saver.save(train.init_state(jax.random.key(1), params, optax.sgd(0.1)), wait=True)
-    saver.close()
-    return workdir
 
 
 def run(argv, capsys) -> tuple[int, str, str]:

@@ -41,18 +41,19 @@ def tokens(key, shape):
 
 
 def test_config_sizes_and_validation():
-    shapes = jax.eval_shape(lambda: T.init(jax.random.key(0), T.config_for("shakespeare", vocab_size=65)))
+    size = lambda name, **kw: dataclasses.replace(T.SIZES[name], **kw)  # noqa: E731
+    shapes = jax.eval_shape(lambda: T.init(jax.random.key(0), size("shakespeare", vocab_size=65)))
     assert 10.6e6 < T.num_params(shapes) < 10.9e6
-    shapes = jax.eval_shape(lambda: T.init(jax.random.key(0), T.config_for("gpt2")))
+    shapes = jax.eval_shape(lambda: T.init(jax.random.key(0), T.SIZES["gpt2"]))
     assert 124.0e6 < T.num_params(shapes) < 124.8e6  # GPT-2 small: 124M with tied embeddings
-    shapes = jax.eval_shape(lambda: T.init(jax.random.key(0), T.config_for("nanogpt-cpu", vocab_size=65)))
+    shapes = jax.eval_shape(lambda: T.init(jax.random.key(0), size("nanogpt-cpu", vocab_size=65)))
     assert 0.79e6 < T.num_params(shapes, exclude_positions=True) < 0.81e6
+    for cfg in T.SIZES.values():
+        cfg.validate()
     with pytest.raises(ConfigError, match="n_head"):
         T.Config(d_model=30, n_head=4).validate()
     with pytest.raises(ConfigError, match="even head size"):
         T.Config(d_model=12, n_head=4, pos="rope").validate()
-    with pytest.raises(ConfigError, match="unknown transformer size"):
-        T.config_for("huge")
     with pytest.raises(ConfigError, match="vocab_size=0"):
         T.init(jax.random.key(0), T.Config())
 
@@ -175,15 +176,64 @@ def test_sampling_options():
     assert counts[0] <= 4
 
 
-def test_sample_and_sample_cli(tmp_path):
-    from genjax.data import text as text_data
-
+def test_sample_options_and_stop_token():
     cfg, params = CFGS["learned"], params_for("learned")
-    assert T.sample(params, jax.random.key(0), 2, cfg, length=5).shape == (2, 5)
+    key, prompt = jax.random.key(0), (3, 1, 4)
+    out = T.sample(params, key, 2, cfg, T.SampleOptions(prompt=prompt, length=12, temperature=0.7))
+    assert out.shape == (2, 12) and out.dtype == jnp.int32
+    assert int(out.min()) >= 0 and int(out.max()) < VOCAB  # no stop token: all 12 drawn
+    greedy = np.asarray(T.sample(params, key, 1, cfg, T.SampleOptions(prompt=prompt, length=12, greedy=True)))[0]
+    ref = greedy_reference(params, cfg, np.array([prompt]), [3], 12)[0]
+    np.testing.assert_array_equal(greedy, ref)
+    # a row that draws the stop token ends with it, then -1s
+    stop = int(greedy[4])
+    n = int(np.flatnonzero(greedy == stop)[0]) + 1
+    stopped = np.asarray(T.sample(params, key, 1, cfg, T.SampleOptions(prompt=prompt, length=12, greedy=True,
+                                                                      stop_token=stop)))[0]
+    np.testing.assert_array_equal(stopped[:n], greedy[:n])
+    assert np.all(stopped[n:] == -1) and n <= 5
+    for options, match in ((T.SampleOptions(prompt=(VOCAB,)), "outside the vocabulary"),
+                           (T.SampleOptions(length=0), "length=0"), (T.SampleOptions(top_p=0.0), "top_p"),
+                           (T.SampleOptions(temperature=0.0), "temperature"), (T.SampleOptions(top_k=-1), "top_k")):
+        with pytest.raises(ConfigError, match=match):
+            T.sample(params, key, 1, cfg, options)
+
+
+def test_the_sample_cli_prints_text_of_a_text_run(tmp_path, capsys):
+    """`python -m genjax.sample WORKDIR --prompt ...` on a run with a tokenizer: the prompt, then exactly
+    what `sample` draws with the CLI's key (chunk 0 of --seed) and options."""
+    from experiments import gpt_text
+    from genjax import sample as sample_cli
+    from genjax.data import text as text_data
+    from tests.test_workdir import save_untrained_run
+
+    cfg = CFGS["learned"]
     alphabet = "abcdefghijklmnopqrstuvwxyz .,;:!?-'()\n"[:VOCAB]  # one symbol per vocabulary entry
-    text_data.save_tokenizer(text_data.CharTokenizer.train(alphabet), str(tmp_path))
-    out = T.sample_cli(str(tmp_path), params, cfg, prompt="to be", length=10, temperature=0.7, seed=1)
-    assert out.startswith("to be") and len(out) == 15 and set(out) <= set(alphabet)
+    tok = text_data.CharTokenizer.train(alphabet)
+    workdir = str(tmp_path / "run")
+    text_data.save_tokenizer(tok, workdir)
+    save_untrained_run(workdir, gpt_text.Config(model=cfg), "gpt_text", T)  # the weights of params_for
+    assert sample_cli.main([workdir, "--prompt", "to be", "--length", "10", "--temperature", "0.7",
+                            "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    options = T.SampleOptions(prompt=tuple(tok.encode("to be")), length=10, temperature=0.7)
+    new = np.asarray(T.sample(params_for("learned"), jax.random.fold_in(jax.random.key(1), 0), 1, cfg, options))[0]
+    assert out == "to be" + tok.decode(new) + "\n"
+    assert len(out) == 16 and set(out[:-1]) <= set(alphabet)
+
+
+def test_evaluate_returns_sums_over_tokens():
+    cfg, params = CFGS["learned"], params_for("learned")
+    batch = {"tokens": np.asarray(tokens(7, (4, 17)))}
+    masked = {**batch, "mask": np.array([[1.0] * 16, [1.0] * 16, [0.0] * 16, [1.0] * 8 + [0.0] * 8], np.float32)}
+    evaluate = jax.jit(functools.partial(T.evaluate, cfg=cfg))
+    loss = jax.jit(functools.partial(T.loss, cfg=cfg))
+    for b, count in ((batch, 64), (masked, 40)):
+        sums = evaluate(params, b, None)
+        assert float(sums["count"]) == count
+        mean, metrics = loss(params, b, None)
+        np.testing.assert_allclose(sums["nll"] / sums["count"], mean, rtol=1e-5)
+        np.testing.assert_allclose(sums["correct"] / sums["count"], metrics["accuracy"], rtol=1e-5)
 
 
 def test_sample_logits_filters():

@@ -10,10 +10,11 @@ import json
 import os
 import shutil
 
-import pytest
+import jax
+import optax
 
 from experiments import diffusion_digits, gpt_text, vae_digits
-from genjax import config as config_lib, experiment, log, sample as sample_cli
+from genjax import checkpoint, config as config_lib, experiment, log, sample as sample_cli, train
 
 # Settings of the shared runs. vae: cosine schedule (the default); diffusion: conditional, 8 simulated
 # devices (conftest), EMA; gpt: a small corpus so that data preparation and evaluation are quick.
@@ -33,7 +34,6 @@ TINY = {
         "sample.length": "8", "model.n_layer": "1", "model.d_model": "32", "model.n_head": "2",
         "model.block_size": "16"}),
 }
-EXPERIMENTS = {"vae": "vae_digits", "diffusion": "diffusion_digits", "gpt": "gpt_text"}
 
 
 def corpus(tmp_path_factory) -> str:
@@ -65,6 +65,17 @@ def tiny_run(kind: str, tmp_path_factory) -> tuple[str, dict]:
 def copy_run(kind: str, tmp_path_factory, dest) -> str:
     shutil.copytree(tiny_run(kind, tmp_path_factory)[0], dest)
     return str(dest)
+
+
+def save_untrained_run(workdir: str, cfg, name: str, family) -> str:
+    """A workdir of experiment `name` holding `cfg`'s config.json and a step-0 checkpoint of freshly
+    initialized weights (for what reads a run without training it: the sample CLI)."""
+    config_lib.save(cfg, workdir, experiment=name, family=family.__name__.split(".")[-1])
+    params = family.init(jax.random.key(0), cfg.model)
+    saver = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+    saver.save(train.init_state(jax.random.key(1), params, optax.sgd(0.1)), wait=True)
+    saver.close()
+    return workdir
 
 
 def tree(folder) -> dict[str, str]:
