@@ -31,7 +31,7 @@ def _quick_feature_net(monkeypatch):
 def train_vae(workdir, data, **overrides):
     settings = {"data": data, "train.steps": "2", "train.batch_size": "8", "train.log_every": "1",
                 "train.eval_every": "2", "train.sample_every": "2", "train.ckpt_every": "2",
-                "train.num_devices": "1", "eval_iwae_k": "2", "num_quality_samples": "32",
+                "train.num_devices": "1", "model.iwae_samples": "2", "num_quality_samples": "32",
                 "model.hidden": "16", "model.latent_dim": "2", **overrides}
     summary = vae_digits.train_and_evaluate(config_lib.override(vae_digits.Config(), settings), str(workdir))
     assert summary["steps"] == 2 and np.isfinite(summary["test_elbo"])
@@ -71,7 +71,7 @@ def test_gpt_text_on_tfds_mock_tiny_shakespeare(tmp_path):
 
     cfg = config_lib.override(gpt_text.Config(), {
         "data": "tfds:tiny_shakespeare", "train.steps": "2", "train.log_every": "1", "train.eval_every": "2",
-        "train.sample_every": "2", "train.num_devices": "1", "eval_blocks": "4", "sample_length": "8",
+        "train.sample_every": "2", "train.num_devices": "1", "eval_blocks": "4", "sample.length": "8",
         "model.n_layer": "1", "model.d_model": "32", "model.n_head": "2", "model.block_size": "16"})
     # the mock's examples are short random strings: 300 of them make a corpus of a few thousand characters
     with tfds.testing.mock_data(num_examples=300, policy=tfds.testing.MockPolicy.USE_CODE):
