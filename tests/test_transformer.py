@@ -224,7 +224,7 @@ def test_the_sample_cli_prints_text_of_a_text_run(tmp_path, capsys):
 
 def test_evaluate_returns_sums_over_tokens():
     cfg, params = CFGS["learned"], params_for("learned")
-    batch = {"tokens": np.asarray(tokens(7, (4, 17)))}
+    batch = {"tokens": np.asarray(tokens(7, (4, 17))), "mask": np.ones((4, 16), np.float32)}
     masked = {**batch, "mask": np.array([[1.0] * 16, [1.0] * 16, [0.0] * 16, [1.0] * 8 + [0.0] * 8], np.float32)}
     evaluate = jax.jit(functools.partial(T.evaluate, cfg=cfg))
     loss = jax.jit(functools.partial(T.loss, cfg=cfg))
