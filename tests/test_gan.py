@@ -47,7 +47,8 @@ _init = jax.jit(gan.init, static_argnums=1, compiler_options=QUICK)  # one compi
 
 def init(key, cfg):
     """gan.init, compiled once per parameter layout (the training-only fields do not change it)."""
-    return _init(key, dataclasses.replace(cfg, loss="nonsat", r1_weight=0.0, r1_every=1, n_disc=1, d_lr_scale=1.0))
+    layout = dataclasses.replace(cfg, loss="nonsat", r1_weight=0.0, r1_every=1, n_disc=1, d_lr_scale=1.0)
+    return _init(key, layout)
 
 
 def new_state(cfg, train_cfg=TRAIN, seed=0, dtype=None):
@@ -140,7 +141,8 @@ def d_only_update(params, opt_state, batch, cfg):
     disc = params["discriminator"]
     _, u = gan.d_weights(disc, cfg, update=True)
     loss_fn = functools.partial(gan.d_loss, params=params, spectral_u=u, d_iter=jnp.int32(1), cfg=cfg)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(disc["params"], batch, jax.random.key(1))
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, metrics), grads = grad_fn(disc["params"], batch, jax.random.key(1))
     d_params, opt_state, _ = train.apply_gradients(optax.adam(1e-2), disc["params"], opt_state, grads, loss)
     return {**params, "discriminator": {"params": d_params, "spectral": u}}, opt_state, metrics
 
@@ -180,7 +182,8 @@ def test_each_loss_differentiates_only_its_player():
     # The power-iteration vectors are state, not parameters: the optimizer never sees them.
     state = fresh_state(cfg)
     d_opt_leaves = jax.tree.leaves(state.opt_state["discriminator"])
-    assert len(d_opt_leaves) == 1 + 2 * len(jax.tree.leaves(params["discriminator"]["params"]))  # count, mu, nu
+    n_params = len(jax.tree.leaves(params["discriminator"]["params"]))
+    assert len(d_opt_leaves) == 1 + 2 * n_params  # count, mu, nu
 
 
 def test_spectral_norm_top_singular_value_is_one():
@@ -207,7 +210,8 @@ def test_spectral_norm_top_singular_value_is_one():
     # From a fresh u every estimate is a lower bound (||W u|| with unit u), rising to the top singular value.
     w = params["params"]["Conv_1"]["kernel"]
     top = np.linalg.svd(np.asarray(w, np.float64).reshape(-1, w.shape[-1]), compute_uv=False)[0]
-    estimates = [float(spectral.sigma(w, params["spectral"]["Conv_1"]["kernel"], n_iters=n)[0]) for n in (1, 5, 200)]
+    u0 = params["spectral"]["Conv_1"]["kernel"]
+    estimates = [float(spectral.sigma(w, u0, n_iters=n)[0]) for n in (1, 5, 200)]
     assert estimates[0] <= estimates[1] + 1e-6 and max(estimates) <= top * (1 + 1e-5), (estimates, top)
     np.testing.assert_allclose(estimates[-1], top, rtol=1e-4)
 
@@ -361,8 +365,8 @@ REFERENCE_CASES = {  # (model config, train config, steps)
                                                     ema_decay=0.9, ema_warmup=True), 2),
     # cosine schedule with warmup (lr 0, peak, then decaying) and weight decay; one D update per step
     "cosine-warmup-decay": (dataclasses.replace(SHARED, n_disc=1, r1_weight=0.0, d_lr_scale=0.5),
-                            train.TrainConfig(lr=1e-2, schedule="cosine", warmup_steps=1, steps=4, weight_decay=0.5,
-                                              b2=0.99, ema_decay=0.95), 3),
+                            train.TrainConfig(lr=1e-2, schedule="cosine", warmup_steps=1, steps=4,
+                                              weight_decay=0.5, b2=0.99, ema_decay=0.95), 3),
 }
 
 
@@ -409,38 +413,43 @@ def test_grad_accum_equals_one_microbatch():
             results.append(compiled_step(cfg, tc)(state, batch))
         (s1, m1), (s2, m2) = results
         assert float(m1["r1"]) > 0.0 and float(m1["nonfinite"]) == 0.0
-        # params, Adam's moments (which see the gradient's scale: a sum instead of a mean shows there), EMA
-        chex.assert_trees_all_close((s1.params, s1.opt_state, s1.ema_params), (s2.params, s2.opt_state, s2.ema_params),
-                                    rtol=1e-9, atol=1e-12)
+        # params, optimizer states, EMA; and the metrics, whose grad norms show a sum instead of a mean (which
+        # the tiny clip would hide from the updates)
+        chex.assert_trees_all_close((s1.params, s1.opt_state, s1.ema_params),
+                                    (s2.params, s2.opt_state, s2.ema_params), rtol=1e-9, atol=1e-12)
         chex.assert_trees_all_close(m1, m2, rtol=1e-6)  # (r1 comes out of a lax.cond as a float32)
-        assert all(leaves_moved(s2.params["discriminator"]["params"], state.params["discriminator"]["params"]))
+        d_before, d_after = state.params["discriminator"]["params"], s2.params["discriminator"]["params"]
+        assert all(leaves_moved(d_after, d_before))
 
 
 def test_d_learning_rate_scale_and_tiny_clip_bound_each_update():
     cfg, free = PLAIN, PLAIN_TRAIN  # d_lr_scale=3
     clipped = dataclasses.replace(free, grad_clip=1e-10)
+    lrs = {"generator": free.lr, "discriminator": free.lr * cfg.d_lr_scale}
+
+    def trained(params):  # each player's optimized params
+        return {"generator": params["generator"], "discriminator": params["discriminator"]["params"]}
+
     state = new_state(cfg, free)
     batch = point_batch()
     new, metrics = compiled_step(cfg, free)(state, batch)
+    before, after = trained(state.params), trained(new.params)
     # Adam's first update is lr * g / (|g| + eps) per element: at most lr, and ~lr for the largest gradients.
-    dg = max_abs_delta(new.params["generator"], state.params["generator"])
-    dd = max_abs_delta(new.params["discriminator"]["params"], state.params["discriminator"]["params"])
-    np.testing.assert_allclose(dg, free.lr, rtol=2e-3)
-    np.testing.assert_allclose(dd, free.lr * cfg.d_lr_scale, rtol=2e-3)  # D's lr is train.lr * d_lr_scale
+    # So D's largest step shows its lr: train.lr * d_lr_scale.
+    for player, lr in lrs.items():
+        np.testing.assert_allclose(max_abs_delta(after[player], before[player]), lr, rtol=2e-3, err_msg=player)
 
-    new_c, metrics_c = compiled_step(cfg, clipped)(new_state(cfg, clipped), batch)  # the same init, a clip state
+    # the same init, with a clip state in the optimizer's
+    new_c, metrics_c = compiled_step(cfg, clipped)(new_state(cfg, clipped), batch)
     assert float(metrics_c["nonfinite"]) == 0.0
+    after_c = trained(new_c.params)
     # clip_by_global_norm(c) leaves a gradient of norm <= c, so each Adam update has norm <= lr * c / eps
     # (plus float32 rounding of the parameters).
-    for player, params_new, params_old, lr in (
-            ("generator", new_c.params["generator"], state.params["generator"], free.lr),
-            ("discriminator", new_c.params["discriminator"]["params"], state.params["discriminator"]["params"],
-             free.lr * cfg.d_lr_scale)):
+    for player, lr in lrs.items():
         assert float(metrics_c[f"{player[0]}_grad_norm"]) > 1e3 * clipped.grad_clip  # the clip binds
-        bound = lr * clipped.grad_clip / ADAM_EPS
-        assert 0.0 < delta_norm(params_new, params_old) <= bound * 1.01 + 2e-6, player
-        assert delta_norm(params_new, params_old) < 0.1 * delta_norm(
-            new.params[player] if player == "generator" else new.params[player]["params"], params_old)
+        moved = delta_norm(after_c[player], before[player])
+        assert 0.0 < moved <= lr * clipped.grad_clip / ADAM_EPS * 1.01 + 2e-6, player
+        assert moved < 0.1 * delta_norm(after[player], before[player]), player
 
 
 def _poison_second_moment(state, player, table):
@@ -467,7 +476,8 @@ def test_nonfinite_update_of_either_player_keeps_the_whole_state(player, table):
     state = _poison_second_moment(clean, player, table)
     new, metrics = step(state, batch)
     assert float(metrics["nonfinite"]) == 1.0 and int(new.step) == 1
-    for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm"):  # only an updated parameter was not finite
+    # only an updated parameter was not finite
+    for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm"):
         assert np.isfinite(float(metrics[name])), name
     # both players' updates are dropped, the finite one too; the EMA and optimizer states are kept
     chex.assert_trees_all_equal((new.params, new.opt_state, new.ema_params),
@@ -498,7 +508,8 @@ def test_checkpoint_resume_of_the_two_player_state(tmp_path):
 
 
 def _files(root):
-    return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs}
+    paths = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+    return {p: os.path.getmtime(p) for p in paths}
 
 
 def test_gan_digits_experiment_and_sample_cli(tmp_path, device1, capsys):
@@ -537,7 +548,8 @@ def test_gan_digits_experiment_and_sample_cli(tmp_path, device1, capsys):
     samples = np.load(out)
     assert samples.shape == (5, 8, 8, 1) and samples.min() >= 0 and samples.max() <= 1
     _, model_cfg, params, _ = sample_cli.load_run(workdir)
-    want = gan.sample(params, jax.random.fold_in(jax.random.key(0), 0), 5, model_cfg, gan.SampleOptions(labels=(3,)))
+    key = jax.random.fold_in(jax.random.key(0), 0)  # --seed 0, batch 0
+    want = gan.sample(params, key, 5, model_cfg, gan.SampleOptions(labels=(3,)))
     np.testing.assert_allclose(samples, np.asarray(want), atol=1e-6)
     out4 = tmp_path / "s4.npy"
     assert sample_cli.main([workdir, "--num", "5", "--labels", "4", "--out", str(out4)]) == 0

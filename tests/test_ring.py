@@ -29,7 +29,8 @@ def test_ring_training_covers_modes():
     config = gan_ring.Config()
     cfg, tc = config.model, config.train
     assert cfg == gan.SIZES["ring"]
-    assert (tc.lr, tc.b1, tc.ema_decay, tc.ema_warmup, tc.batch_size, tc.steps) == (3e-3, 0.5, 0.995, True, 256, 4000)
+    settings = (tc.lr, tc.b1, tc.ema_decay, tc.ema_warmup, tc.batch_size, tc.steps)
+    assert settings == (3e-3, 0.5, 0.995, True, 256, 4000)
     k_init, k_state = jax.random.split(jax.random.key(0))
     state = gan.init_state(k_state, gan.init(k_init, cfg), cfg, tc)
     step = jax.jit(gan.make_step(cfg, tc), donate_argnums=0)

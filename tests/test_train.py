@@ -1,7 +1,5 @@
 """The step builder: optimizer math, EMA, gradient accumulation, the non-finite guard, step keys."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -182,7 +180,8 @@ def _traced_batch_sizes(cfg, batch):
         return quadratic_loss(params, b, key)
 
     tx = optax.sgd(0.1)
-    jax.eval_shape(train.step_for(loss, cfg, tx), train.init_state(jax.random.key(0), _problem()[0], tx), batch)
+    state = train.init_state(jax.random.key(0), _problem()[0], tx)
+    jax.eval_shape(train.step_for(loss, cfg, tx), state, batch)
     return set(sizes)
 
 
