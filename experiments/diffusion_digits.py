@@ -29,7 +29,7 @@ from typing import ClassVar
 import jax
 import numpy as np
 
-from genjax import data, experiment, log, loop, metrics, train
+from genjax import experiment, log, loop, metrics, train
 from genjax.models import diffusion
 
 
@@ -108,12 +108,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
     hooks = (loop.Hook(config.train.eval_every, eval_hook),
              experiment.image_hook(workdir, config.train.sample_every, images))
-    batches_from = functools.partial(data.batches, train_src.fetch, train_src.size, config.train.batch_size,
-                                     config.train.seed)
 
     # ---- train
-    state = loop.run(state=state, step_fn=step, batches_from=batches_from, mesh=run.mesh, cfg=config.train,
-                     workdir=workdir, hooks=hooks)
+    state = loop.run(state=state, step_fn=step, batches_from=experiment.batches_from(train_src, config.train),
+                     mesh=run.mesh, cfg=config.train, workdir=workdir, hooks=hooks)
 
     # ---- final evaluation: likelihood bound and sample quality against a Gaussian mixture and real digits
     log.note("final evaluation: likelihood bound and sample quality")

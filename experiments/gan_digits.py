@@ -30,7 +30,7 @@ from typing import ClassVar
 import jax
 import numpy as np
 
-from genjax import data, experiment, log, loop, metrics, train
+from genjax import experiment, log, loop, metrics, train
 from genjax.config import ConfigError
 from genjax.models import gan
 
@@ -84,12 +84,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     hooks = (loop.Hook(config.train.eval_every, eval_hook),
              experiment.image_hook(workdir, config.train.sample_every, images))
 
-    def batches_from(start):
-        return data.batches(train_src.fetch, train_src.size, config.train.batch_size, config.train.seed, start)
-
     # ---- train
-    state = loop.run(state=state, step_fn=step, batches_from=batches_from, mesh=run.mesh, cfg=config.train,
-                     workdir=workdir, hooks=hooks)
+    state = loop.run(state=state, step_fn=step, batches_from=experiment.batches_from(train_src, config.train),
+                     mesh=run.mesh, cfg=config.train, workdir=workdir, hooks=hooks)
 
     # ---- final sample quality against a Gaussian mixture and held-out real digits
     log.note("final evaluation: sample quality")

@@ -82,7 +82,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
     # ---- evaluation: summed NLL over fixed validation blocks, in batches of eval_batch rows
     blocks = text_data.eval_blocks(data.val, seq_len, config.eval_blocks or None)
-    held_out = {"tokens": blocks, "mask": np.ones((len(blocks), seq_len), np.float32)}
+    held_out = {"tokens": blocks}
     score = jax.jit(functools.partial(transformer.evaluate, cfg=model_cfg))
 
     def eval_hook(state):

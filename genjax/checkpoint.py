@@ -347,8 +347,12 @@ def restore_raw(directory: str, step: int | None = None) -> tuple[int, dict]:
     For sampling and inspection: works whatever topology (devices, hosts) wrote the checkpoint, since the
     target is built from the checkpoint's own metadata. Read-only: a damaged step is skipped, not moved.
     """
-    manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=ocp.StandardCheckpointHandler())
-    steps = sorted(manager.all_steps())
+    if not os.path.isdir(directory):  # checked first: orbax would create the folder
+        steps = []
+    else:
+        manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=ocp.StandardCheckpointHandler(),
+                                        options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+        steps = sorted(manager.all_steps())
     if not steps:
         raise CheckpointError(
             f"{directory} holds no checkpoint: train first (the experiment writes checkpoints every "

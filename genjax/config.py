@@ -118,6 +118,21 @@ def _convert(key: str, typ, value):
     raise ConfigError(f"{key}: unsupported config type {typ}")
 
 
+def check_at_least(cfg, prefix: str, names, minimum=1, hint: str = "") -> None:
+    """Refuses any field of `names` below `minimum`, naming it (`prefix.name=value must be >= minimum`)."""
+    for name in names:
+        if getattr(cfg, name) < minimum:
+            raise ConfigError(f"{prefix}.{name}={getattr(cfg, name)} must be >= {minimum}{hint}")
+
+
+def check_choices(cfg, prefix: str) -> None:
+    """Refuses a choice (Literal) field outside its choices: configs built in Python skip the parser's check."""
+    values = flatten(cfg)
+    for key, typ in _leaf_types(type(cfg)).items():
+        if typing.get_origin(typ) is typing.Literal and values[key] not in typing.get_args(typ):
+            raise ConfigError(f"{prefix}.{key}={values[key]!r} is not one of {list(typing.get_args(typ))}")
+
+
 # ----------------------------------------------------------------------------- overrides
 
 

@@ -12,6 +12,7 @@ A refused run (exit 2) leaves every file of its workdir as it was.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -170,6 +171,11 @@ def evaluate_batches(evaluate: Callable[[Any, dict, jax.Array], dict], params, b
             totals[k] = totals.get(k, 0.0) + float(v)
     count = totals.pop("count")
     return {k: v / count for k, v in totals.items()}
+
+
+def batches_from(source, train_cfg) -> Callable[[int], Iterable[dict]]:
+    """The loop's `batches_from(start_step)` over an image source: seeded, resumable, this host's rows."""
+    return functools.partial(data.batches, source.fetch, source.size, train_cfg.batch_size, train_cfg.seed)
 
 
 def chunks(arrays: dict[str, np.ndarray], size: int) -> Iterable[dict[str, np.ndarray]]:

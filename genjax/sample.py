@@ -16,7 +16,6 @@ Sample i depends on the seed and --batch_size only.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -71,7 +70,7 @@ def _parser(family=None, options=None, text: bool = False) -> config_lib.Argumen
         p.add_argument("--prompt", default="", help="text the samples continue (default: none)")
     if family is not None:
         fields = {k: v for k, v in config_lib.flatten(options).items() if not (text and k in TEXT_FIELDS)}
-        group = p.add_argument_group(f"{family.__name__.split('.')[-1]} sampling options (type, default)")
+        group = p.add_argument_group(f"{family.__name__.split('.')[-1]} sampling options")
         for key, value in fields.items():
             shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
             group.add_argument(f"--{key}", default=None, help=f"default: {shown}")
@@ -181,9 +180,9 @@ def _draw(family, cfg, params, step, options, num, args, out, kind, tok) -> int:
     key = jax.random.key(args.seed)
     done: list[np.ndarray] = []
     sizes = [min(args.batch_size, num - lo) for lo in range(0, num, args.batch_size)]
-    print(f"genjax: compiling the sampler ({family.__name__.split('.')[-1]}, step {step})...", file=sys.stderr)
     bar = tqdm(total=num, unit="sample", file=sys.stderr, disable=len(sizes) == 1 and not sys.stderr.isatty())
-    try:
+    try:  # from the first line on: a Ctrl-C anywhere exits 130 without a traceback
+        print(f"genjax: compiling the sampler ({family.__name__.split('.')[-1]}, step {step})...", file=sys.stderr)
         for i, size in enumerate(sizes):
             done.append(_wait(family.sample(params, jax.random.fold_in(key, i), size, cfg, options)))
             bar.update(size)

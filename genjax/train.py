@@ -53,12 +53,11 @@ class TrainConfig:
     on_nonfinite: Literal["stop", "skip"] = "stop"
 
     def validate(self):
-        from genjax.config import ConfigError
+        from genjax.config import ConfigError, check_at_least, check_choices
 
-        for name in ("steps", "batch_size", "grad_accum", "fsdp", "model_parallel", "log_every",
-                     "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        check_choices(self, "train")
+        check_at_least(self, "train", ("steps", "batch_size", "grad_accum", "fsdp", "model_parallel", "log_every",
+                                       "keep_checkpoints"))
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"train.batch_size={self.batch_size} is not divisible by train.grad_accum="
@@ -71,13 +70,9 @@ class TrainConfig:
         for name in ("b1", "b2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be in [0, 1)")
-        for name in ("warmup_steps", "weight_decay", "grad_clip", "ckpt_every_secs"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
-        for name in ("eval_every", "sample_every", "ckpt_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1 (use a value above "
-                                  f"train.steps to do it only at the end)")
+        check_at_least(self, "train", ("warmup_steps", "weight_decay", "grad_clip", "ckpt_every_secs"), 0)
+        check_at_least(self, "train", ("eval_every", "sample_every", "ckpt_every"),
+                       hint=" (use a value above train.steps to do it only at the end)")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -176,7 +171,10 @@ def apply_gradients(tx: optax.GradientTransformation, params, opt_state, grads, 
     """
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(new_params)
+    # The old params are finite (every step is guarded), so the new ones are finite when the updates'
+    # global norm is: one scalar (it also flags updates beyond ~1e19). A per-leaf check of the new
+    # params made XLA:CPU compile the digits U-Net step in 137 s instead of 44 s.
+    finite = jnp.isfinite(loss) & all_finite(grads) & jnp.isfinite(optax.tree.norm(updates))
     return new_params, new_opt_state, finite
 
 

@@ -17,7 +17,6 @@ bring every image to the model's shape; pixels stay uint8 until a batch is made.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np

@@ -146,7 +146,7 @@ def check_images(images: np.ndarray, what: str) -> np.ndarray:
     if images.ndim != 4:
         raise ConfigError(f"{what} has shape {images.shape}; genjax expects (N, H, W, C) images")
     if images.shape[-1] not in (1, 3):
-        hint = (f"; it looks channel-first: np.transpose(x, (0, 2, 3, 1))" if images.shape[1] in (1, 3) else
+        hint = ("; it looks channel-first: np.transpose(x, (0, 2, 3, 1))" if images.shape[1] in (1, 3) else
                 "; drop the alpha channel: x[..., :3]" if images.shape[-1] == 4 else "")
         raise ConfigError(f"{what} has shape {images.shape}: genjax expects (N, H, W, C) with C = 1 (grey) "
                           f"or 3 (RGB){hint}")

@@ -103,4 +103,4 @@ def _open_prepared(tfds, b, name: str, split: str, data_dir: str | None):
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except (KeyError, ValueError) as e:
         raise MissingSplit(f"tfds dataset {name!r} has no split {split!r} ({e}); its splits are "
-                          f"{sorted(b.info.splits)}") from None
+                           f"{sorted(b.info.splits)}") from None

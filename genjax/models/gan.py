@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from genjax import parallel, train
-from genjax.config import ConfigError
+from genjax.config import ConfigError, check_at_least, check_choices
 from genjax.models import check_labels, cycle_labels
 from genjax.nn import dcgan, init_params, spectral
 from genjax.train import TrainState
@@ -66,11 +66,10 @@ class Config:
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params, samples and logits stay float32
 
     def validate(self):
+        check_choices(self, "model")
         if not self.widths or any(w < 1 for w in self.widths):
             raise ConfigError(f"model.widths={self.widths} must be a non-empty list of positive ints")
-        for name in ("latent_dim", "data_dim", "r1_every", "sn_iters", "n_disc"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        check_at_least(self, "model", ("latent_dim", "data_dim", "r1_every", "sn_iters", "n_disc"))
         if self.num_classes < 0 or self.num_classes == 1:
             raise ConfigError(f"model.num_classes={self.num_classes}: use 0 (unconditional) or >= 2 classes")
         for name in ("gp_weight", "r1_weight"):

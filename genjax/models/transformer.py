@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from genjax.config import ConfigError
+from genjax.config import ConfigError, check_at_least, check_choices
 from genjax.nn import fast_key, init_params
 from genjax.nn.attention import Block, Norm, matmul, normal, residual_std
 
@@ -72,11 +72,10 @@ class Config:
     scan_layers: bool = False
 
     def validate(self):
+        check_choices(self, "model")
         if self.vocab_size < 0:
             raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 1 (or 0: from the tokenizer)")
-        for name in ("block_size", "n_layer", "n_head", "d_model"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        check_at_least(self, "model", ("block_size", "n_layer", "n_head", "d_model"))
         if self.d_model % self.n_head:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from genjax.config import ConfigError
+from genjax.config import ConfigError, check_choices
 from genjax.nn.convnet import ConvDecoder, ConvEncoder
 from genjax.nn import init_params
 from genjax.nn.mlp import MLP
@@ -47,6 +47,7 @@ class Config:
     dtype: Literal["float32", "bfloat16"] = "float32"
 
     def validate(self):
+        check_choices(self, "model")
         if len(self.image_shape) != 3:
             raise ConfigError(f"model.image_shape={self.image_shape} must be (H, W, C)")
         if self.latent_dim < 1:

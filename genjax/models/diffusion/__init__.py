@@ -26,7 +26,7 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 
-from genjax.config import ConfigError
+from genjax.config import ConfigError, check_choices
 from genjax.models import check_labels, cycle_labels
 from genjax.models.diffusion.likelihood import (  # noqa: F401
     discretized_gaussian_log_likelihood, level_probs, quantize, vlb_terms)
@@ -60,6 +60,7 @@ class Config:
     dtype: Literal["float32", "bfloat16"] = "float32"
 
     def validate(self):
+        check_choices(self, "model")
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
             raise ConfigError(f"model.image_shape={self.image_shape} must be (H, W, C) with positive sizes")
         if self.num_classes < 0:
