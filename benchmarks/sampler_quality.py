@@ -1,5 +1,5 @@
-"""Sample quality and speed of a trained image run per sampler and step count: Frechet distance and KID
-of `--num` samples to the training images in the dataset's frozen feature classifier (the experiments'
+"""Sample quality and speed of a trained image run per sampler and step count: Frechet distance, KID,
+precision and recall of `--num` samples to the training images in the dataset's frozen feature classifier (the experiments'
 metric), the predicted-class balance, and samples/s of the compiled sampler after a warm-up call.
 Families without samplers (VAE, GAN) get one row. Writes WORKDIR/sampler_quality.{json,md}.
 
@@ -47,14 +47,18 @@ def main(argv=None) -> int:
         fake, seconds = timing.once(lambda: draw(jax.random.key(args.seed), args.num))
         q = metrics.sample_quality(net, train["image"], fake)
         rows.append({"sampler": sampler, "steps": int(steps), "frechet": q["frechet"], "kid": q["kid"],
-                     "class_tv": q["class_tv"], "samples_per_s": args.num / seconds})
+                     "precision": q["precision"], "recall": q["recall"], "class_tv": q["class_tv"],
+                     "samples_per_s": args.num / seconds})
         print(json.dumps(rows[-1]), flush=True)
     bars = metrics.reference_scores(net, train["image"], test["image"], args.num)
     gmm, floor = bars["frechet_gmm_baseline"], bars["frechet_test_floor"]
     lines = [f"Run {args.workdir} (step {step}), {args.num} samples per row, {jax.devices()[0].device_kind}; "
-             f"10-component Gaussian mixture: Frechet {gmm:.1f}; held-out digits (floor): {floor:.1f}", ""]
+             f"10-component Gaussian mixture: Frechet {gmm:.1f}, precision {bars['precision_gmm_baseline']:.3f}, "
+             f"recall {bars['recall_gmm_baseline']:.3f}; held-out digits: Frechet {floor:.1f}, precision "
+             f"{bars['real_precision']:.3f}, recall {bars['real_recall']:.3f} ({bars['real_samples']} digits)", ""]
     lines += report.table(rows, {"sampler": "{sampler}", "steps": "{steps}", "Frechet": "{frechet:.1f}",
-                                 "KID": "{kid:.1f}", "class TV": "{class_tv:.3f}",
+                                 "KID": "{kid:.1f}", "precision": "{precision:.3f}", "recall": "{recall:.3f}",
+                                 "class TV": "{class_tv:.3f}",
                                  "samples/s": "{samples_per_s:,.0f}"})
     report.write(args.workdir, "sampler_quality", {"rows": rows, "gmm_frechet": gmm, "floor_frechet": floor},
                  "\n".join(lines) + "\n")

@@ -96,9 +96,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                                             sample_options))[0]
         return config.prompt + tok.decode(new[(new >= 0) & (new != sample_options.stop_token)])
 
-    def write_sample(state, name: str | None = None) -> None:
+    def write_sample(state, name: str | None = None, seed: int | None = None) -> None:
         step_no = int(jax.device_get(state.step))
-        text = sample_text(state, seed=step_no)
+        text = sample_text(state, seed=step_no if seed is None else seed)
         if jax.process_index() == 0:
             os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
             with open(os.path.join(workdir, "samples", name or f"text_{step_no:06d}.txt"), "w", encoding="utf-8") as f:
@@ -125,7 +125,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         "wall_seconds": timer.seconds(), "train_seconds": train_seconds,
         "steps": int(state.step), "devices": int(run.mesh.devices.size),
     }
-    write_sample(state, "final.txt")
+    write_sample(state, "final.txt", seed=config.train.steps + 1)  # another draw than the last hook's
     experiment.write_summary(workdir, summary)
     return summary
 

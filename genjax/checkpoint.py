@@ -351,7 +351,7 @@ def restore_raw(directory: str, step: int | None = None) -> tuple[int, dict]:
         steps = []
     else:
         manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=ocp.StandardCheckpointHandler(),
-                                        options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+                                        options=ocp.CheckpointManagerOptions(create=False))
         steps = sorted(manager.all_steps())
     if not steps:
         raise CheckpointError(
