@@ -17,9 +17,15 @@ each row is left-aligned inside the window, so the whole batch writes the cache 
 padding is masked out. A generation longer than the window slides it: when the cache is full, the window
 drops its oldest half and the rest is prefilled again (an outer loop around the decode loop).
 
+Grouped-query attention (`n_kv_head` < n_head) shares each key/value head among n_head / n_kv_head query
+heads; the KV cache holds the n_kv_head heads only. The LM head multiplies by the vocabulary padded to a
+multiple of `pad_vocab_to` (zero columns: full-width matmul tiles on accelerators) and slices the logits
+back, so parameters, logits, losses and samples all have the user's `vocab_size`.
+
 Tensor parallelism: `MODEL_RULES` names, per parameter, the dimension a mesh's `model` axis splits
 (attention by heads, the MLP by hidden units, the output projections by their input rows: Megatron's
 layout, one all-reduce per branch); pass it to `loop.run(model_rules=...)` with train.model_parallel > 1.
+With grouped-query attention the model axis should divide n_kv_head, so that each device holds whole groups.
 
 Randomness for init, dropout and sampling comes from `genjax.nn.fast_key(key)`: an RngBitGenerator key
 derived from the caller's key, which XLA:CPU compiles several times faster than threefry.
@@ -43,8 +49,9 @@ from genjax.nn import fast_key, init_params
 from genjax.nn.attention import Block, Norm, matmul, normal, residual_std
 
 # Dimension of each parameter split over the mesh's `model` axis (negative: also right for the stacked
-# leaves of scan_layers). The qkv columns are head-major and the SwiGLU fc columns interleave gate and
-# up (genjax.nn.attention), so a contiguous split keeps whole heads and whole hidden units together.
+# leaves of scan_layers). The qkv columns are head-major (grouped-query: group-major, each key/value head
+# after its query heads) and the SwiGLU fc columns interleave gate and up (genjax.nn.attention), so a
+# contiguous split keeps whole heads (groups) and whole hidden units together.
 MODEL_RULES = {"attn/qkv/kernel": -1, "attn/qkv/bias": -1, "attn/proj/kernel": -2,
                "mlp/fc/kernel": -1, "mlp/fc/bias": -1, "mlp/proj/kernel": -2}
 
@@ -55,9 +62,11 @@ class Config:
     block_size: int = 64  # context length; the KV cache holds this many positions
     n_layer: int = 4
     n_head: int = 4
+    n_kv_head: int = 0  # key/value heads (grouped-query attention), a divisor of n_head; 0: n_head
     d_model: int = 128
     d_ff: int = 0  # 0: 4 * d_model (gelu) or the parameter-matched 8/3 * d_model rounded to 32 (swiglu)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
     pos: Literal["learned", "rope"] = "learned"
     mlp: Literal["gelu", "swiglu"] = "gelu"
     tie_embeddings: bool = True
@@ -70,12 +79,20 @@ class Config:
     # One nn.scan over stacked layers (compiles one block: use for deep models) or a Python loop of
     # layers (faster steps and decoding on CPU, measured ~20% on the nanoGPT CPU config).
     scan_layers: bool = False
+    # The LM head's matmul runs on the vocabulary padded to a multiple of this (1: off); the padding never
+    # reaches parameters or logits. 64 fills accelerator tiles (GPT-2's 50257 -> 50304, as in nanoGPT).
+    pad_vocab_to: int = 64
 
     def validate(self):
         check_choices(self, "model")
         if self.vocab_size < 0:
             raise ConfigError(f"model.vocab_size={self.vocab_size} must be >= 1 (or 0: from the tokenizer)")
-        check_at_least(self, "model", ("block_size", "n_layer", "n_head", "d_model"))
+        check_at_least(self, "model", ("block_size", "n_layer", "n_head", "d_model", "pad_vocab_to"))
+        if self.n_kv_head < 0 or (self.n_kv_head and self.n_head % self.n_kv_head):
+            raise ConfigError(f"model.n_kv_head={self.n_kv_head} must divide model.n_head={self.n_head} "
+                              "(or be 0: one key/value head per query head)")
+        if not self.norm_eps > 0:
+            raise ConfigError(f"model.norm_eps={self.norm_eps} must be > 0")
         if self.d_model % self.n_head:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "
@@ -97,6 +114,14 @@ class Config:
         if self.mlp == "swiglu":
             return 32 * math.ceil(8 * self.d_model / 3 / 32)
         return 4 * self.d_model
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def padded_vocab(self) -> int:
+        return -(-self.vocab_size // self.pad_vocab_to) * self.pad_vocab_to
 
     @property
     def compute_dtype(self):
@@ -151,7 +176,7 @@ class _Layer(nn.Module):
     def __call__(self, x, cache, positions, cache_index, start):
         c = self.cfg
         return Block(
-            n_head=c.n_head, d_ff=c.ff_width, norm=c.norm, mlp=c.mlp, use_bias=c.bias, dropout=c.dropout,
+            n_head=c.n_head, d_ff=c.ff_width, n_kv_head=c.n_kv_head, norm=c.norm, norm_eps=c.norm_eps, mlp=c.mlp, use_bias=c.bias, dropout=c.dropout,
             use_rope=c.pos == "rope", rope_base=c.rope_base, out_std=residual_std(c.n_layer),
             implementation=c.attention, dtype=c.compute_dtype, name="block",
         )(x, positions, cache, cache_index, start, self.deterministic)
@@ -197,7 +222,7 @@ class GPT(nn.Module):
                 length=c.n_layer,
             )(c, self.deterministic)
         self.drop = nn.Dropout(c.dropout)
-        self.ln_f = Norm(c.norm, c.bias, c.compute_dtype)
+        self.ln_f = Norm(c.norm, c.bias, c.compute_dtype, c.norm_eps)
         if not c.tie_embeddings:
             self.lm_head = self.param("lm_head", normal(0.02), (c.d_model, c.vocab_size), jnp.float32)
 
@@ -212,9 +237,12 @@ class GPT(nn.Module):
         return self.ln_f(x), new_cache
 
     def logits(self, h):
-        """Hidden states (..., D) -> float32 logits (..., V)."""
-        w = self.wte.T if self.cfg.tie_embeddings else self.lm_head
-        return matmul(h, w, self.cfg.compute_dtype)
+        """Hidden states (..., D) -> float32 logits (..., V), through the padded vocabulary's matmul."""
+        c = self.cfg
+        w = self.wte.T if c.tie_embeddings else self.lm_head
+        if c.padded_vocab > c.vocab_size:
+            w = jnp.pad(w, ((0, 0), (0, c.padded_vocab - c.vocab_size)))
+        return matmul(h, w, c.compute_dtype)[..., : c.vocab_size]
 
 
 def _check_vocab(cfg: Config):
@@ -239,11 +267,13 @@ def num_params(params, *, exclude_positions: bool = False) -> int:
 
 def flops_per_token(cfg: Config, seq_len: int | None = None) -> float:
     """Training FLOPs per token (forward + backward): 6 * non-embedding matmul params + attention,
-    plus the LM head (PaLM appendix B / nanoGPT's estimate_mfu, counting the head explicitly)."""
+    plus the LM head at its padded width (PaLM appendix B / nanoGPT's estimate_mfu, counting the head
+    explicitly)."""
     t = cfg.block_size if seq_len is None else seq_len
     d, L = cfg.d_model, cfg.n_layer
     mlp_mats = 3 if cfg.mlp == "swiglu" else 2
-    matmul = L * (4 * d * d + mlp_mats * d * cfg.ff_width) + d * cfg.vocab_size
+    attn = 2 * d * d + 2 * d * cfg.kv_heads * (d // cfg.n_head)  # q and output projections, k and v
+    matmul = L * (attn + mlp_mats * d * cfg.ff_width) + d * cfg.padded_vocab
     attention = L * 2 * t * d  # q.k and p.v: 2 * t * d multiply-adds per token and layer (no causal halving)
     return 6.0 * matmul + 6.0 * attention
 
@@ -300,9 +330,9 @@ def evaluate(params, batch, key, cfg: Config):
 
 
 def init_cache(cfg: Config, batch: int):
-    """Zeroed keys and values, (B, block_size, n_head, head_dim) per layer: one dict of arrays stacked
+    """Zeroed keys and values, (B, block_size, kv_heads, head_dim) per layer: one dict of arrays stacked
     along a leading n_layer axis (scan_layers) or a tuple of per-layer dicts."""
-    shape = (batch, cfg.block_size, cfg.n_head, cfg.d_model // cfg.n_head)
+    shape = (batch, cfg.block_size, cfg.kv_heads, cfg.d_model // cfg.n_head)
     if cfg.scan_layers:
         shape = (cfg.n_layer, *shape)
         return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
