@@ -1,4 +1,5 @@
-"""Variational autoencoder: q(z|x) = N(mean, diag(exp(logvar))), p(z) = N(0, I), p(x|z) from a decoder.
+"""Variational autoencoder: q(z|x) = N(mean, diag(exp(logvar))), p(z) = N(0, I) or a learned mixture of
+Gaussians, p(x|z) from a decoder.
 
 Pure functions over a params pytree (the family contract, docs/CONTRACT.md):
 
@@ -12,6 +13,11 @@ Pure functions over a params pytree (the family contract, docs/CONTRACT.md):
 Likelihoods: `bernoulli` on binarized pixels (dynamically binarized in training, a fixed seeded
 binarization in evaluation, the standard protocol for likelihoods of MNIST-like data) or `gaussian`
 with a learned global scale on the raw [0, 1] pixels.
+
+Priors: `standard` N(0, I) (the KL in closed form), or `mog`, a mixture of `prior_components` diagonal
+Gaussians learned with the model (params['prior']; the KL is then the one-sample Monte Carlo estimate
+log q(z|x) - log p(z)). A learned prior can follow the aggregate posterior, so prior samples land where the
+decoder was trained instead of in the holes between the classes that N(0, I) leaves.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class Config:
     hidden: tuple[int, ...] = (256, 256)  # MLP widths (mirrored in the decoder)
     channels: tuple[int, ...] = (32, 64)  # conv channels per stride-2 stage
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    prior: Literal["standard", "mog"] = "standard"
+    prior_components: int = 10  # mixture components of the `mog` prior
     beta: float = 1.0  # weight of the KL term (beta-VAE)
     kl_warmup_steps: int = 0  # linearly ramp the KL weight from 0 to beta over this many steps
     iwae_samples: int = 256  # importance samples of the held-out NLL estimate (evaluate)
@@ -54,6 +62,8 @@ class Config:
             raise ConfigError(f"model.latent_dim={self.latent_dim} must be >= 1")
         if self.beta < 0:
             raise ConfigError(f"model.beta={self.beta} must be >= 0")
+        if self.prior_components < 1:
+            raise ConfigError(f"model.prior_components={self.prior_components} must be >= 1")
         if self.iwae_samples < 1 or self.kl_warmup_steps < 0:
             raise ConfigError("model.iwae_samples must be >= 1 and model.kl_warmup_steps >= 0")
         if self.arch == "conv" and not self.channels or self.arch == "mlp" and not self.hidden:
@@ -71,7 +81,7 @@ SIZES = {
 
 @dataclasses.dataclass(frozen=True)
 class SampleOptions:
-    temperature: float = 1.0  # prior samples z ~ N(0, temperature^2 I); below 1 trades diversity for fidelity
+    temperature: float = 1.0  # scales the prior's spread; below 1 trades diversity for fidelity
 
     def validate(self, cfg: Config):
         if not self.temperature > 0:
@@ -92,6 +102,11 @@ class VAE(nn.Module):
             self.decoder = ConvDecoder(cfg.channels, cfg.image_shape, dtype=dtype)
         if cfg.likelihood == "gaussian":
             self.log_scale = self.param("log_scale", nn.initializers.constant(-1.0), ())
+        if cfg.prior == "mog":  # components start spread like N(0, I) samples, unit variance, equal weights
+            k, d = cfg.prior_components, cfg.latent_dim
+            self.prior = {"logits": self.param("prior_logits", nn.initializers.zeros, (k,)),
+                          "mean": self.param("prior_mean", nn.initializers.normal(1.0), (k, d)),
+                          "logvar": self.param("prior_logvar", nn.initializers.zeros, (k, d))}
 
     def encode(self, x):
         if self.cfg.arch == "mlp":
@@ -107,8 +122,11 @@ class VAE(nn.Module):
     def scale(self):
         return self.log_scale if self.cfg.likelihood == "gaussian" else jnp.zeros(())
 
+    def prior_params(self):
+        return self.prior if self.cfg.prior == "mog" else {}
+
     def __call__(self, x, z):  # touches every submodule, for init
-        return self.encode(x), self.decode(z), self.scale()
+        return self.encode(x), self.decode(z), self.scale(), self.prior_params()
 
 
 def _module(cfg: Config) -> VAE:
@@ -140,6 +158,34 @@ def log_normal(z, mean, logvar):
     return -0.5 * jnp.sum(LOG_2PI + logvar + (z - mean) ** 2 * jnp.exp(-logvar), axis=-1)
 
 
+def log_prior(params, z, cfg):
+    """log p(z), summed over the last axis: N(0, I), or the learned mixture (log-sum-exp over components)."""
+    if cfg.prior == "standard":
+        return log_normal(z, 0.0, jnp.zeros(()))
+    p = _module(cfg).apply({"params": params}, method=VAE.prior_params)
+    log_w = jax.nn.log_softmax(p["logits"])
+    per_component = log_normal(z[..., None, :], p["mean"], p["logvar"])  # (..., K)
+    return jax.nn.logsumexp(log_w + per_component, axis=-1)
+
+
+def kl_term(params, z, mean, logvar, cfg):
+    """KL(q(z|x) || p(z)): closed form for N(0, I), else the one-sample estimate at the drawn z."""
+    if cfg.prior == "standard":
+        return kl_normal(mean, logvar)
+    return log_normal(z, mean, logvar) - log_prior(params, z, cfg)
+
+
+def prior_sample(params, key, num: int, cfg, temperature=1.0):
+    """z ~ p(z) with every component's spread scaled by `temperature`."""
+    if cfg.prior == "standard":
+        return temperature * jax.random.normal(key, (num, cfg.latent_dim))
+    p = _module(cfg).apply({"params": params}, method=VAE.prior_params)
+    k_pick, k_noise = jax.random.split(key)
+    pick = jax.random.categorical(k_pick, p["logits"], shape=(num,))
+    eps = jax.random.normal(k_noise, (num, cfg.latent_dim))
+    return p["mean"][pick] + temperature * jnp.exp(0.5 * p["logvar"][pick]) * eps
+
+
 def log_likelihood(params, x, out, cfg):
     """log p(x | z) per example, from the decoder output `out` (logits or means)."""
     axes = tuple(range(1, x.ndim))
@@ -167,7 +213,7 @@ def elbo(params, x, key, cfg):
     mean, logvar = encode(params, x, cfg)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
     recon = log_likelihood(params, x, decode(params, z, cfg), cfg)
-    return recon, kl_normal(mean, logvar)
+    return recon, kl_term(params, z, mean, logvar, cfg)
 
 
 def loss(params, batch, key, cfg: Config, step=None):
@@ -193,7 +239,8 @@ def iwae_bound(params, x, key, cfg, k: int = 64):
 
     def log_weight(z_i):
         out = decode(params, z_i, cfg)
-        return log_likelihood(params, x, out, cfg) + log_normal(z_i, 0.0, jnp.zeros(())) - log_normal(z_i, mean, logvar)
+        log_joint = log_likelihood(params, x, out, cfg) + log_prior(params, z_i, cfg)
+        return log_joint - log_normal(z_i, mean, logvar)
 
     log_w = jax.lax.map(log_weight, z)  # (k, B), one decoder pass per importance sample
     return jax.nn.logsumexp(log_w, axis=0) - math.log(k)
@@ -217,14 +264,15 @@ def mean_image(params, out, cfg):
 
 
 def sample(params, key, num: int, cfg: Config, options: SampleOptions = SampleOptions()) -> jax.Array:
-    """Decoded prior samples: the decoder's mean image for z ~ N(0, t^2 I), float32 (num, H, W, C) in [0, 1]."""
+    """Decoded prior samples: the decoder's mean image for z ~ p(z) (spread scaled by the temperature),
+    float32 (num, H, W, C) in [0, 1]."""
     options.validate(cfg)
     return _sample(params, key, options.temperature, num=num, cfg=cfg)
 
 
 @functools.partial(jax.jit, static_argnames=("num", "cfg"))
 def _sample(params, key, temperature, *, num: int, cfg: Config):
-    z = temperature * jax.random.normal(key, (num, cfg.latent_dim))
+    z = prior_sample(params, key, num, cfg, temperature)
     return mean_image(params, decode(params, z, cfg), cfg)
 
 
