@@ -286,6 +286,20 @@ def test_sample_shapes_range_and_labels():
     chex.assert_shape(gan.sample(fresh_state(MLP).ema_params, jax.random.key(1), 7, MLP), (7, 2))
 
 
+def test_truncation_bounds_the_latents():
+    """truncation=0 is the plain N(0, I) draw; a tiny bound puts every latent near 0, so the unconditional
+    generator's samples collapse onto G(0); a negative bound is refused."""
+    cfg = dataclasses.replace(MLP, num_classes=0)
+    params = new_state(cfg).params
+    plain = gan.sample(params, jax.random.key(1), 64, cfg)
+    chex.assert_trees_all_close(plain, gan.sample(params, jax.random.key(1), 64, cfg,
+                                                  gan.SampleOptions(truncation=0.0)))
+    tight = gan.sample(params, jax.random.key(1), 64, cfg, gan.SampleOptions(truncation=1e-3))
+    assert float(jnp.std(tight, 0).max()) < 1e-2 * float(jnp.std(plain, 0).min())
+    with pytest.raises(ConfigError, match="truncation"):
+        gan.sample(params, jax.random.key(1), 4, cfg, gan.SampleOptions(truncation=-1.0))
+
+
 def test_evaluate_returns_sums_with_count():
     state = fresh_state(TINY)
     evaluate = jax.jit(gan.evaluate, static_argnums=3, compiler_options=QUICK)
