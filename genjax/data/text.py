@@ -192,7 +192,36 @@ class BPETokenizer:
         return {"kind": self.kind, "tokenizer": json.loads(self.tok.to_str())}
 
 
-Tokenizer = CharTokenizer | BPETokenizer
+class PretrainedTokenizer:
+    """A Hugging Face checkpoint's tokenizer (its tokenizer.json, through `tokenizers`; genjax.models.hf).
+    encode adds the tokenizer's own special tokens as `transformers` does (e.g. Llama's <s>); decode keeps
+    every token. bos_id starts unprompted samples, eos_id (None: none) stops generation."""
+
+    kind = "hf"
+
+    def __init__(self, tokenizer, bos_id: int | None = None, eos_id: int | None = None):
+        tokenizer.no_truncation()  # a checkpoint's padding/truncation settings would change encode's ids
+        tokenizer.no_padding()
+        self.tok = tokenizer
+        self.eos_id = eos_id
+        self.bos_id = bos_id if bos_id is not None else (eos_id if eos_id is not None else 0)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self.tok.encode(text).ids, np.int32)
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=False)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "tokenizer": json.loads(self.tok.to_str()), "bos_id": self.bos_id,
+                "eos_id": self.eos_id}
+
+
+Tokenizer = CharTokenizer | BPETokenizer | PretrainedTokenizer
 
 
 def train_tokenizer(text: str, kind: Literal["char", "bpe"] = "char", vocab_size: int = 512) -> Tokenizer:
@@ -227,6 +256,11 @@ def load_tokenizer(path: str) -> Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         return BPETokenizer(HFTokenizer.from_str(json.dumps(record["tokenizer"])))
+    if record.get("kind") == "hf":
+        from tokenizers import Tokenizer as HFTokenizerModel
+
+        return PretrainedTokenizer(HFTokenizerModel.from_str(json.dumps(record["tokenizer"])), record["bos_id"],
+                                   record["eos_id"])
     raise ConfigError(f"{path}: unknown tokenizer kind {record.get('kind')!r}")
 
 
