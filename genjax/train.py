@@ -90,8 +90,22 @@ class TrainState(flax.struct.PyTreeNode):
         return self.params if self.ema_params is None else self.ema_params
 
 
+NO_DECAY = ("bias", "scale")  # leaf names never decayed, whatever their rank (stacked by scan_layers: 2-D)
+
+
+def decay_mask(params: Any) -> Any:
+    """True for the leaves weight decay shrinks: matrices and embeddings (rank >= 2), not biases, norm
+    scales or other vectors (nanoGPT's rule; leaves named in NO_DECAY are vectors stacked per layer)."""
+    def decays(path, leaf) -> bool:
+        name = getattr(path[-1], "key", getattr(path[-1], "name", "")) if path else ""
+        return jnp.ndim(leaf) >= 2 and str(name) not in NO_DECAY
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def make_optimizer(cfg: TrainConfig, lr: float | None = None) -> optax.GradientTransformation:
-    """AdamW (Adam when weight_decay is 0) with optional warmup + cosine decay and global-norm clipping."""
+    """AdamW (Adam when weight_decay is 0; decay on `decay_mask`'s leaves only) with optional warmup +
+    cosine decay and global-norm clipping."""
     peak = cfg.lr if lr is None else lr
     if cfg.schedule == "cosine":
         schedule = optax.warmup_cosine_decay_schedule(
@@ -101,7 +115,7 @@ def make_optimizer(cfg: TrainConfig, lr: float | None = None) -> optax.GradientT
         schedule = optax.linear_schedule(0.0, peak, cfg.warmup_steps)
     else:
         schedule = peak
-    adam = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    adam = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adam) if cfg.grad_clip > 0 else adam
 
 

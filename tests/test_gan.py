@@ -334,7 +334,7 @@ def hand_optimizer(tc: train.TrainConfig, peak: float) -> optax.GradientTransfor
         return jnp.where(t < warm, peak * t / warm, cosine)
 
     parts = [optax.clip_by_global_norm(tc.grad_clip)] if tc.grad_clip else []
-    parts += [optax.scale_by_adam(tc.b1, tc.b2, eps=ADAM_EPS), optax.add_decayed_weights(tc.weight_decay),
+    parts += [optax.scale_by_adam(tc.b1, tc.b2, eps=ADAM_EPS), optax.add_decayed_weights(tc.weight_decay, train.decay_mask),
               optax.scale_by_learning_rate(lr)]
     return optax.chain(*parts)
 

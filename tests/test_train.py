@@ -1,5 +1,7 @@
 """The step builder: optimizer math, EMA, gradient accumulation, the non-finite guard, step keys."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,21 @@ def _problem(n=16, d=3, seed=0):
     x = rng.normal(size=(n, d)).astype(np.float32)
     w_true = rng.normal(size=(d,)).astype(np.float32)
     return {"w": jnp.zeros(d)}, {"x": jnp.asarray(x), "y": jnp.asarray(x @ w_true)}
+
+
+def test_weight_decay_shrinks_matrices_only():
+    """With zero gradients AdamW's update is the decay alone: kernels and embeddings shrink by lr * wd,
+    biases, norm scales and layer-stacked vectors (rank 2 but named bias/scale) stay."""
+    params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}, "ln": {"scale": jnp.ones(4)},
+              "wte": jnp.ones((5, 4)), "stacked": {"bias": jnp.ones((2, 4)), "kernel": jnp.ones((2, 4, 4))}}
+    tx = train.make_optimizer(train.TrainConfig(lr=0.1, weight_decay=0.5, schedule="constant", grad_clip=0.0))
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    for path in (("dense", "kernel"), ("wte",), ("stacked", "kernel")):
+        leaf = functools.reduce(lambda t, k: t[k], path, new)
+        np.testing.assert_allclose(leaf, 1.0 - 0.1 * 0.5, rtol=1e-6, err_msg=str(path))
+    for path in (("dense", "bias"), ("ln", "scale"), ("stacked", "bias")):
+        np.testing.assert_array_equal(functools.reduce(lambda t, k: t[k], path, new), 1.0, err_msg=str(path))
 
 
 def test_step_matches_plain_optax_and_counts():
