@@ -10,7 +10,6 @@ float32 matmul measured in the same run. Rerun here rather than trusting another
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import statistics
 import sys
@@ -23,17 +22,14 @@ from benchmarks import cases, report, timing
 
 def train_row(name: str, size: str, steps: int, peak: float | None) -> dict:
     case = cases.CASES[name][size]
-    flops = timing.flops(*cases.step_flops_args(case))
-    state, step, batch = cases.build(case)
-    params = sum(x.size for x in jax.tree.leaves(state.params))  # before the timed steps donate them
-    run, compile_s = timing.stepper(step, state, [jax.device_put(batch)])
+    run, compile_s, flops, params, _ = cases.timed_step(case)
     times = timing.timed(lambda: run(1), steps, warmup=2)
     step_s, memory = statistics.median(times), getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
-    return {"family": name, "size": size, "params": int(params), "batch": case.batch_size,
-            "unit": "tokens" if case.text else "images", "compile_s": compile_s, "step_s_median": step_s,
-            "step_s_min": min(times), "flops_per_step": flops, "memory": memory.get("peak_bytes_in_use"),
-            "examples_per_s": case.examples_per_step / step_s, "mfu": timing.mfu(flops, step_s, peak),
-            "peak_used": peak, "compute_dtype": case.model.dtype}
+    return {"family": name, "size": size, "params": sum(x.size for x in jax.tree.leaves(params)),
+            "batch": case.batch_size, "unit": "tokens" if case.text else "images", "compile_s": compile_s,
+            "step_s_median": step_s, "step_s_min": min(times), "flops_per_step": flops,
+            "memory": memory.get("peak_bytes_in_use"), "examples_per_s": case.examples_per_step / step_s,
+            "mfu": timing.mfu(flops, step_s, peak), "peak_used": peak, "compute_dtype": case.model.dtype}
 
 
 def sampling_rows(name: str, size: str, quick: bool) -> list[dict]:
@@ -56,8 +52,7 @@ def markdown(results: dict) -> str:
         lines += report.table(results["train"], {
             "family": "{family}", "size": "{size}", "params": "{params:,}", "batch": "{batch}",
             "compile s": num("compile_s"), "step ms": num("step_s_median", 1e3),
-            "examples/s": num("examples_per_s"),
-            "GFLOP/step": lambda r: report.fmt(r["flops_per_step"] and r["flops_per_step"] / 1e9),
+            "examples/s": num("examples_per_s"), "GFLOP/step": num("flops_per_step", 1e-9),
             "MFU": lambda r: f"{report.fmt(r['mfu'] * 100)}%" if r.get("mfu") else "-"}) + [""]
     if results.get("sampling"):
         lines += report.table(results["sampling"], {
@@ -67,21 +62,16 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="few steps, small settings: a smoke run")
+    p = report.parser("benchmarks", __doc__, quick="few steps, small settings: a smoke run")
     p.add_argument("--only", action="append", choices=sorted(cases.CASES), help="families (repeatable)")
     p.add_argument("--size", choices=("auto", "cpu", "gpu"), default="auto",
                    help="model sizes: auto = cpu on a CPU backend, gpu otherwise")
     p.add_argument("--steps", type=int, default=None, help="timed steps per case (default 20, quick 5)")
-    p.add_argument("--out", default=report.RESULTS, help="output folder for the JSON and markdown results")
     p.add_argument("--name", default=None, help="result file stem (default <device>-<date>)")
     args = p.parse_args(argv)
-
     size = args.size if args.size != "auto" else ("cpu" if jax.default_backend() == "cpu" else "gpu")
-    env = report.environment()
+    env, dtypes = report.environment(), ("float32", "bfloat16")
     print(f"benchmarks: {env['device_kind']} x{env['device_count']}, jax {env['jax']}, size {size}")
-    dtypes = ("float32", "bfloat16")
     measured = {d: timing.matmul_peak(d, n=1024 if args.quick else None, repeats=7) for d in dtypes}
     table = {d: timing.table_peak(d) for d in dtypes}
     peaks = {**{f"measured_matmul_{d}": v for d, v in measured.items()},
@@ -92,14 +82,9 @@ def main(argv=None) -> int:
         try:
             dtype = cases.CASES[name][size].model.dtype  # MFU against this dtype's peak
             steps = args.steps or (5 if args.quick else 20)
-            row = train_row(name, size, steps, table[dtype] or measured[dtype])
-            results["train"].append(row)
-            print(f"  train {name:12s} {row['step_s_median'] * 1e3:9.2f} ms/step "
-                  f"{row['examples_per_s']:12,.0f} {row['unit']}/s  MFU {(row['mfu'] or 0) * 100:5.1f}%")
-            for r in sampling_rows(name, size, args.quick):
-                results["sampling"].append(r)
-                print(f"  sample {name:11s} {r['what']} ({r['setting']}): {r['call_s'] * 1e3:.1f} ms, "
-                      f"{r['items_per_s']:,.0f}/s", flush=True)
+            results["train"].append(train_row(name, size, steps, table[dtype] or measured[dtype]))
+            results["sampling"] += sampling_rows(name, size, args.quick)
+            print(markdown(results), flush=True)  # the rows so far
         except Exception as e:  # one broken case must not hide the others' numbers
             traceback.print_exc()
             results["errors"].append(f"{name}: {type(e).__name__}: {e}")

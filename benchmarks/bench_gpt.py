@@ -1,7 +1,8 @@
-"""GPT on CPU, genjax vs the PyTorch reference, each thread count in a pinned child: training tokens/s at
-nanoGPT's CPU config with gpt_text's optimizer (genjax also with scan_layers and in bf16; MFU from 6N +
-attention FLOPs per token), 500 new tokens by genjax's KV cache against loops that rerun the whole
-context per token, and (at the most threads) a new token's cost against context length.
+"""GPT on CPU, genjax vs the PyTorch reference, each thread count (1, 2) in a pinned worker: training
+tokens/s at nanoGPT's CPU config with gpt_text's optimizer from the same weights (genjax also with
+scan_layers and in bf16; MFU from 6N + attention FLOPs per token), 500 new tokens by genjax's KV cache
+against loops that rerun the whole context per token, and (at 2 threads) a new token's cost against
+context length.
 
     python -m benchmarks.bench_gpt            # ~5 minutes on 2 idle cores -> results/gpt_cpu.{json,md}
     python -m benchmarks.bench_gpt --quick    # fewer repetitions: a smoke test (gpt_cpu_quick)
@@ -9,54 +10,52 @@ context per token, and (at the most threads) a new token's cost against context 
 
 from __future__ import annotations
 
-import argparse
 import functools
 
-from benchmarks import pinned, report
+import jax
+import numpy as np
 
-NEW_TOKENS = 500
+from benchmarks import cases, report, timing
+from experiments import gpt_text
+from genjax.models import transformer
+
+NEW_TOKENS, THREADS = 500, (1, 2)
 
 
 def train_rows(ref, peaks: dict, reps: int) -> dict:
-    import jax
-    import numpy as np
-
-    from benchmarks import cases, timing
-    from experiments import gpt_text
-
-    hp, cfg = gpt_text.Config().train, cases.gpt()
-    tokens, rng = hp.batch_size * cfg.block_size, np.random.default_rng(0)
-    shape = (hp.batch_size, cfg.block_size + 1)
+    hp, cfg, rng = gpt_text.Config().train, cases.gpt(), np.random.default_rng(0)
+    tokens, shape = hp.batch_size * cfg.block_size, (hp.batch_size, cfg.block_size + 1)
     batches = [rng.integers(0, cfg.vocab_size, shape, dtype=np.int32) for _ in range(8)]
     runners = {}
-    for name, variant in {"genjax f32": cases.gpt(), "genjax f32 scan_layers": cases.gpt(scan_layers=True),
+    for name, variant in {"genjax f32": cfg, "genjax f32 scan_layers": cases.gpt(scan_layers=True),
                           "genjax bf16": cases.gpt(dtype="bfloat16")}.items():
         run, compile_s = timing.stepper(cases.train_step("transformer", variant, hp),
                                         cases.init_state("transformer", variant, hp),
                                         [{"tokens": jax.device_put(b)} for b in batches])
-        runners[name] = (run, compile_s, cases.gpt_flops_per_token(variant) * tokens, peaks[variant.dtype])
-    if ref:
-        step = ref.make_trainer(ref.gpt(cfg), ref.gpt_loss, hp)
-        tbatches = [ref.torch.from_numpy(b.astype(np.int64)) for b in batches]
-        runners["torch f32 (eager)"] = (lambda k: [step(tbatches[i % 8]) for i in range(k)], 0.0,
-                                        cases.gpt_flops_per_token(cfg) * tokens, peaks["float32"])
-    return pinned.compare(runners, reps, tokens, "tokens", min_steps=2)
+        runners[name] = (run, compile_s, transformer.flops_per_token(variant) * tokens, peaks[variant.dtype])
+    step = ref.make_trainer(ref.GPT(cfg, transformer.init(jax.random.key(0), cfg)), ref.gpt_loss, hp)
+    tbatches = [ref.torch.from_numpy(b.astype(np.int64)) for b in batches]
+    runners["torch f32 (eager)"] = (lambda k: [step(tbatches[i % 8]) for i in range(k)], 0.0,
+                                    transformer.flops_per_token(cfg) * tokens, peaks["float32"])
+    return timing.compare(runners, reps, tokens, "tokens", min_steps=2)
+
+
+def model(ref, ctx: int) -> tuple:
+    """(config, params, the torch copy in eval mode, generate(prompt, k): k new tokens) at context `ctx`."""
+    cfg = cases.gpt(block_size=ctx)
+    params = transformer.init(jax.random.key(2), cfg)
+    generate = lambda prompt, k: transformer.generate(  # noqa: E731
+        params, jax.random.key(3), prompt, None, k, cfg)[0].block_until_ready()
+    return cfg, params, ref.GPT(cfg, params).eval(), generate
 
 
 def generation(ref, ctx: int, quick: bool) -> dict:
     """500 new tokens at batch 1 from genjax's KV cache, and from no-cache loops: genjax's jitted forward on
     the context padded to a multiple of 64, and torch's nanoGPT generate."""
-    import jax
-    import numpy as np
-
-    from benchmarks import cases, timing
-
-    cfg = cases.gpt(block_size=ctx)
-    params = cases.init("transformer", cfg, seed=2)
-    kv = lambda: cases.gpt_generate(params, jax.random.key(3), np.zeros((1, 1), np.int32), NEW_TOKENS,  # noqa
-                                    cfg).block_until_ready()
+    cfg, params, torch_model, generate = model(ref, ctx)
+    kv = lambda: generate(np.zeros((1, 1), np.int32), NEW_TOKENS)  # noqa: E731
     next_token = jax.jit(lambda p, window, n, key: jax.random.categorical(
-        key, cases.gpt_logits(p, window, cfg)[0, n - 1]))
+        key, transformer.forward(p, window, cfg)[0, n - 1]))
 
     def recompute():
         seq = [0]
@@ -72,66 +71,55 @@ def generation(ref, ctx: int, quick: bool) -> dict:
     row["kv_cache_tokens_per_s"] = NEW_TOKENS / timing.median_time(kv, 1 if quick else 3)
     row["recompute_tokens_per_s"] = NEW_TOKENS / timing.median_time(recompute, 1)
     row["speedup_vs_recompute"] = row["kv_cache_tokens_per_s"] / row["recompute_tokens_per_s"]
-    if ref:
-        model, idx = ref.gpt(cfg).eval(), ref.torch.zeros((1, 1), dtype=ref.torch.long)
-        row["torch_recompute_tokens_per_s"] = NEW_TOKENS / timing.median_time(
-            lambda: model.generate(idx, NEW_TOKENS), 1)
-        row["speedup_vs_torch"] = row["kv_cache_tokens_per_s"] / row["torch_recompute_tokens_per_s"]
+    idx = ref.torch.zeros((1, 1), dtype=ref.torch.long)
+    row["torch_recompute_tokens_per_s"] = NEW_TOKENS / timing.median_time(
+        lambda: torch_model.generate(idx, NEW_TOKENS), 1)
+    row["speedup_vs_torch"] = row["kv_cache_tokens_per_s"] / row["torch_recompute_tokens_per_s"]
     return row
 
 
 def token_cost(ref, ctx: int) -> dict:
     """A new token's cost at context `ctx`: KV-cache decode ((time for n + 1 tokens - time for 1) / n from a
     prompt of half the context, no window slide) against a full forward of the context."""
-    import jax
-    import numpy as np
-
-    from benchmarks import cases, timing
-
-    cfg, n = cases.gpt(block_size=ctx), ctx // 2 - 8
-    params, prompt = cases.init("transformer", cfg, seed=2), np.zeros((1, ctx // 2), np.int32)
-    window = np.zeros((1, ctx), np.int32)
-    gen = lambda k: cases.gpt_generate(params, jax.random.key(3), prompt, k, cfg).block_until_ready()  # noqa
-    forward = jax.jit(functools.partial(cases.gpt_logits, cfg=cfg))
-    t1, tn = timing.median_time(lambda: gen(1), 7), timing.median_time(lambda: gen(n + 1), 7)
+    (cfg, params, torch_model, generate), n = model(ref, ctx), ctx // 2 - 8
+    prompt, window = np.zeros((1, ctx // 2), np.int32), np.zeros((1, ctx), np.int32)
+    forward = jax.jit(functools.partial(transformer.forward, cfg=cfg))
+    t1, tn = (timing.median_time(lambda: generate(prompt, k), 7) for k in (1, n + 1))
     full_s = timing.median_time(lambda: forward(params, window).block_until_ready())
     row = {"kv_decode_ms_per_token": 1e3 * (tn - t1) / n, "prefill_ms": 1e3 * t1, "new_tokens": n,
            "recompute_ms_per_token": 1e3 * full_s}
     row["ratio"] = row["recompute_ms_per_token"] / row["kv_decode_ms_per_token"]
-    if ref:
-        model, tokens = ref.gpt(cfg).eval(), ref.torch.zeros((1, ctx), dtype=ref.torch.long)
-        with ref.torch.no_grad():
-            row["torch_recompute_ms_per_token"] = 1e3 * timing.median_time(lambda: model(tokens))
+    with ref.torch.no_grad():
+        tokens = ref.torch.zeros((1, ctx), dtype=ref.torch.long)
+        row["torch_recompute_ms_per_token"] = 1e3 * timing.median_time(lambda: torch_model(tokens))
     return row
 
 
-def measure(threads: int, quick: bool, cost: bool) -> dict:
-    from benchmarks import timing
+def measure(threads: int, quick: bool) -> dict:
+    from benchmarks import torch_ref as ref  # torch only here: the reports render without it
 
-    ref = pinned.torch_reference(threads)
+    ref.at_threads(threads)
     out = {"peak_gflops_f32": timing.matmul_peak("float32", 2048) / 1e9,
-           "peak_gflops_bf16": timing.matmul_peak("bfloat16", 2048) / 1e9}
-    if ref:
-        out["torch_peak_gflops_f32"] = timing.torch_matmul_peak(ref.torch) / 1e9
+           "peak_gflops_bf16": timing.matmul_peak("bfloat16", 2048) / 1e9,
+           "torch_peak_gflops_f32": timing.torch_matmul_peak(ref.torch) / 1e9}
     peaks = {"float32": out["peak_gflops_f32"], "bfloat16": out["peak_gflops_bf16"]}
     out["train"] = train_rows(ref, peaks, 3 if quick else 7)
     out["generate"] = {f"ctx{ctx}": generation(ref, ctx, quick) for ctx in (512, 64)}
-    if cost:
+    if threads == max(THREADS) and not quick:
         out["cost_vs_context"] = {str(ctx): token_cost(ref, ctx) for ctx in (64, 256, 1024)}
     return out
 
 
 def markdown(data: dict) -> str:
-    runs, nan, versions = data["runs"], float("nan"), data["versions"]
-    peaks = "; ".join(f"{r['threads']} thread(s): f32 {r['peak_gflops_f32']:.0f}, bf16->f32 "
-                      f"{r['peak_gflops_bf16']:.0f}" + pinned.torch_peak(r, ", torch f32") for r in runs)
-    train = report.table(pinned.train_rows(runs, "torch f32 (eager)", "tokens"), {
+    runs, versions = data["runs"], data["versions"]
+    peaks = "; ".join("{threads} thread(s): f32 {peak_gflops_f32:.0f}, bf16->f32 {peak_gflops_bf16:.0f}, "
+                      "torch f32 {torch_peak_gflops_f32:.0f}".format(**r) for r in runs)
+    train = report.table(report.train_rows(runs, "torch f32 (eager)", "tokens"), {
         "threads": "{threads}", "implementation": "{name}", "ms/step": "{step_ms:.1f}",
-        "tokens/s": "{tokens_per_s:,.0f}", "GFLOP/s": "{gflops:.1f}", "MFU": pinned.percent("mfu"),
+        "tokens/s": "{tokens_per_s:,.0f}", "GFLOP/s": "{gflops:.1f}", "MFU": "{mfu:.1%}",
         "vs torch": "{ratio}"})
-    gen_rows = [{"threads": r["threads"], "ctx": ctx[3:], "torch_recompute_tokens_per_s": nan,
-                 "speedup_vs_torch": nan, **g} for r in runs for ctx, g in r["generate"].items()]
-    generation = report.table(gen_rows, {
+    generation = report.table([{"threads": r["threads"], "ctx": c[3:], **g} for r in runs
+                               for c, g in r["generate"].items()], {
         "threads": "{threads}", "context": "{ctx}", "genjax KV cache tok/s": "{kv_cache_tokens_per_s:,.0f}",
         "genjax no-cache tok/s": "{recompute_tokens_per_s:,.0f}", "torch no-cache tok/s":
         "{torch_recompute_tokens_per_s:,.0f}", "KV vs no-cache": "{speedup_vs_recompute:.1f}x",
@@ -146,7 +134,7 @@ def markdown(data: dict) -> str:
              "half and prefills the rest again when full), the no-cache loops crop the context for each "
              "token.", ""]
     for r in (r for r in runs if "cost_vs_context" in r):
-        rows = [{"ctx": c, "torch_recompute_ms_per_token": nan, **x} for c, x in r["cost_vs_context"].items()]
+        rows = [{"ctx": c, **x} for c, x in r["cost_vs_context"].items()]
         title = f"## Cost per new token vs context length ({r['threads']} threads)"
         lines += [title, "", *report.table(rows, {
             "context": "{ctx}", "KV-cache decode ms/token": "{kv_decode_ms_per_token:.3f}",
@@ -159,24 +147,16 @@ def markdown(data: dict) -> str:
     return "\n".join(lines + [
         "Measured on a shared VM: other processes' load (below) slows both implementations, and torch's "
         "multi-threaded runs far more (its threads spin-wait for a core). Rerun on an idle machine before "
-        "quoting the 2-thread ratios.", "", pinned.load_line(runs), ""])
+        "quoting the 2-thread ratios.", "", report.load_line(runs), ""])
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_gpt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--out", default=report.RESULTS)
-    parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--cost", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    p = report.parser("benchmarks.bench_gpt", __doc__, quick="fewer repetitions: a smoke test", worker=True)
+    args = p.parse_args(argv)
     if args.worker:
-        return pinned.child(args.worker, lambda: measure(args.worker, args.quick, args.cost))
-    threads = [int(t) for t in args.threads.split(",")]
-    cost = lambda n: ["--cost"] if n == max(threads) and not args.quick else []  # noqa: E731
-    runs = [run for n in threads
-            for run in pinned.run_children("benchmarks.bench_gpt", [n], ["--quick"] * args.quick + cost(n))]
+        threads = int(args.worker[0])
+        return timing.pinned_result(threads, lambda: measure(threads, args.quick))
+    runs = timing.pinned_runs("benchmarks.bench_gpt", THREADS, ["--quick"] * args.quick)
     data = {**report.machine(), "runs": runs}
     report.write(args.out, "gpt_cpu_quick" if args.quick else "gpt_cpu", data, markdown(data))
 

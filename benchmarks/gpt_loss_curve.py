@@ -3,8 +3,7 @@ same batches with the same update: experiments/gpt_text.py's defaults (batches, 
 key, optimizer; no dropout), in one process on one core, the two alternating in chunks. Checks first
 that both score the same at the start and that torch_ref's schedule is the rate genjax's optimizer
 applies. --control adds genjax from seed 1: the run-to-run spread "within noise" is measured against.
-Result (2026-11-28): validation losses agree to 1.2e-6 nats at every 100th of 2000 iterations, while
-the control run differs by up to 0.041 (results/gpt_loss_curve.md). Writes results/gpt_loss_curve.{json,md}.
+Writes results/gpt_loss_curve.{json,md}.
 
     python -m benchmarks.gpt_loss_curve --control   # 2000 iterations each: ~9 min on 1 idle core
     python -m benchmarks.gpt_loss_curve --steps 200 --out /tmp/smoke    # smoke run (~1 min)
@@ -12,7 +11,6 @@ the control run differs by up to 0.041 (results/gpt_loss_curve.md). Writes resul
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -31,24 +29,20 @@ from benchmarks import cases, report, timing, torch_ref
 from experiments import gpt_text
 from genjax import metrics, train
 from genjax.data import text as text_data
+from genjax.models import transformer
 
-INIT_LOSS_TOL = 1e-5
+INIT_LOSS_TOL, EVAL_EVERY, NAMES = 1e-5, 100, ("genjax", "torch", "control")
 
 
 @dataclasses.dataclass
 class Run:
-    """One implementation trained on gpt_text's batches for `tcfg.seed`."""
+    """One implementation trained on gpt_text's batches (`batch(step)`)."""
 
-    tcfg: train.TrainConfig
-    tokens: np.ndarray
-    block_size: int
+    batch: Callable  # step -> int tokens (B, T + 1)
     step: Callable  # int tokens (B, T + 1) -> the step's loss
     score: Callable  # int tokens (B, T + 1) -> summed next-token NLL
     weights: Callable  # -> genjax's params, or the torch model
     steps: int = 0
-
-    def batch(self, step: int) -> np.ndarray:
-        return text_data.block_batch(self.tokens, step, self.tcfg.batch_size, self.block_size, self.tcfg.seed)
 
     def train(self, k: int) -> list[float]:
         losses = [self.step(self.batch(self.steps + i)) for i in range(k)]
@@ -56,38 +50,43 @@ class Run:
         return [float(x) for x in jax.device_get(losses)]
 
 
+def batches(tokens, cfg, tcfg) -> Callable:
+    return lambda step: text_data.block_batch(tokens, step, tcfg.batch_size, cfg.block_size, tcfg.seed)
+
+
 def genjax_run(cfg, tcfg, tokens) -> Run:
     """gpt_text's initial state for tcfg.seed (its init and state keys) and compiled step."""
     keys = tuple(jax.random.split(jax.random.key(tcfg.seed), 3)[:2])
     held = {"state": cases.init_state("transformer", cfg, tcfg, keys)}
     step = jax.jit(cases.train_step("transformer", cfg, tcfg), donate_argnums=0)
-    nll = jax.jit(cases.gpt_nll_sum, static_argnums=2)
+    nll = jax.jit(lambda params, tokens: transformer.evaluate(params, {"tokens": tokens}, None, cfg)["nll"])
 
     def train_step(batch):
         held["state"], metrics = step(held["state"], {"tokens": jnp.asarray(batch)})
         return metrics["loss"]
 
-    return Run(tcfg, tokens, cfg.block_size, train_step, lambda b: float(nll(held["state"].params, b, cfg)),
+    return Run(batches(tokens, cfg, tcfg), train_step, lambda b: float(nll(held["state"].params, b)),
                lambda: held["state"].params)
 
 
 def torch_run(params, cfg, tcfg, tokens) -> Run:
     """The torch GPT holding `params`, trained with genjax's update."""
-    model = torch_ref.load(torch_ref.gpt(cfg), params)
+    model = torch_ref.GPT(cfg, params)
     step = torch_ref.make_trainer(model, torch_ref.gpt_loss, tcfg)
     as_torch = lambda b: torch.from_numpy(b.astype(np.int64))  # noqa: E731
     score = torch.no_grad()(lambda b: float(torch_ref.gpt_loss(model, as_torch(b), reduction="sum")))
-    return Run(tcfg, tokens, cfg.block_size, lambda b: step(as_torch(b)), score, lambda: model)
+    return Run(batches(tokens, cfg, tcfg), lambda b: step(as_torch(b)), score, lambda: model)
 
 
 def check_schedule(tcfg, steps=None) -> list[tuple]:
     """[(step, genjax's rate, torch_ref.lr_at)] at a few steps; raises where they differ. genjax's rate is
-    read off its optimizer: with zero gradients, AdamW moves a parameter p = 1 by -lr * weight_decay."""
+    read off its optimizer: with zero gradients, AdamW moves a (decayed, 2-d) parameter p = 1 by
+    -lr * weight_decay."""
     if tcfg.weight_decay <= 0:
         raise ValueError("check_schedule probes the rate through the weight decay; it needs weight_decay > 0")
-    w, n, tx, p = tcfg.warmup_steps, tcfg.steps, train.make_optimizer(tcfg), {"w": jnp.ones(())}
-    update = lambda s: tx.update({"w": jnp.zeros(())}, optax.tree_utils.tree_set(tx.init(p), count=s), p)  # noqa
-    rate = jax.jit(lambda s: -update(s)[0]["w"] / tcfg.weight_decay)
+    w, n, tx, p = tcfg.warmup_steps, tcfg.steps, train.make_optimizer(tcfg), {"w": jnp.ones((1, 1))}
+    update = lambda s: tx.update({"w": jnp.zeros((1, 1))}, optax.tree_utils.tree_set(tx.init(p), count=s), p)  # noqa
+    rate = jax.jit(lambda s: -update(s)[0]["w"][0, 0] / tcfg.weight_decay)
     rows = []
     for s in steps or sorted({0, 1, w // 2, max(w - 1, 0), w, w + 1, (w + n) // 2, n - 1, n, n + 100}):
         g, t = float(rate(jnp.int32(s))), torch_ref.lr_at(s, tcfg.lr, w, n)
@@ -97,17 +96,14 @@ def check_schedule(tcfg, steps=None) -> list[tuple]:
     return rows
 
 
-NAMES = ("genjax", "torch", "control")
-
-
-def curves(runs: dict[str, Run], val: Callable, vals: dict, steps: int, eval_every: int) -> tuple:
-    """Trains every run to `steps` in chunks of `eval_every`, scoring all after each chunk (`vals`: the
+def curves(runs: dict[str, Run], val: Callable, vals: dict, steps: int) -> tuple:
+    """Trains every run to `steps` in chunks of EVAL_EVERY, scoring all after each chunk (`vals`: the
     initial scores): (rows of the table, each step's training loss per run, wall seconds per run and eval)."""
     rows = [{"iter": 0, **{f"{n}_val": vals.get(n) for n in NAMES}, "genjax_train": None, "torch_train": None,
              "max_abs_train_diff": 0.0}]
     losses, seconds = {name: [] for name in runs}, {"genjax": 0.0, "torch": 0.0, "control": 0.0, "eval": 0.0}
     while runs["genjax"].steps < steps:
-        k = min(eval_every, steps - runs["genjax"].steps)
+        k = min(EVAL_EVERY, steps - runs["genjax"].steps)
         for name, r in runs.items():
             chunk, s = timing.once(lambda: r.train(k))
             losses[name], seconds[name] = losses[name] + chunk, seconds[name] + s
@@ -122,7 +118,7 @@ def curves(runs: dict[str, Run], val: Callable, vals: dict, steps: int, eval_eve
     return rows, losses, seconds
 
 
-def run(steps: int, eval_every: int, workdir: str, control: bool) -> dict:
+def run(steps: int, workdir: str, control: bool) -> dict:
     exp = gpt_text.Config()
     tcfg = dataclasses.replace(exp.train, steps=steps)
     corpus = text_data.load_corpus(exp.data, exp.data_dir or None)
@@ -135,7 +131,7 @@ def run(steps: int, eval_every: int, workdir: str, control: bool) -> dict:
     if control:
         runs["control"] = genjax_run(cfg, dataclasses.replace(tcfg, seed=tcfg.seed + 1), data.train)
     blocks = text_data.eval_blocks(data.val, cfg.block_size, exp.eval_blocks or None)
-    count, n_params = blocks.shape[0] * cfg.block_size, cases.num_params(runs["genjax"].weights())
+    count, n_params = blocks.shape[0] * cfg.block_size, transformer.num_params(runs["genjax"].weights())
     chunks = [blocks[i:i + exp.eval_batch] for i in range(0, len(blocks), exp.eval_batch)]
     val = lambda r: sum(r.score(chunk) for chunk in chunks) / count  # noqa: E731
     print(f"{len(corpus):,} chars -> {len(data.train):,} train / {len(data.val):,} val tokens, vocab "
@@ -145,7 +141,7 @@ def run(steps: int, eval_every: int, workdir: str, control: bool) -> dict:
     vals = {name: val(r) for name, r in runs.items()}
     if abs(g0 - t0) > INIT_LOSS_TOL or abs(vals["genjax"] - vals["torch"]) > INIT_LOSS_TOL:
         raise AssertionError(f"the torch copy scores differently: batch 0 {g0} vs {t0}, validation {vals}")
-    rows, losses, seconds = curves(runs, val, vals, steps, eval_every)
+    rows, losses, seconds = curves(runs, val, vals, steps)
     late, last = [r for r in rows if r["iter"] >= min(500, steps)], rows[-1]
     summary = {
         "max_abs_val_diff_from_500": max(abs(r["genjax_val"] - r["torch_val"]) for r in late),
@@ -158,15 +154,15 @@ def run(steps: int, eval_every: int, workdir: str, control: bool) -> dict:
     if control:
         spread = max(abs(r["genjax_val"] - r["control_val"]) for r in late)
         summary["max_abs_control_val_diff_from_500"] = spread
-    environment = {"python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__,
-                   "optax": optax.__version__, "machine": platform.processor() or platform.machine(),
+    environment = {"python": platform.python_version(), **report.versions(("jax", "torch", "optax")),
+                   "machine": platform.processor() or platform.machine(),
                    "cores_used": 1, "torch_threads": torch.get_num_threads(),
                    "date": time.strftime("%Y-%m-%d")}
     return {
         "environment": environment,
         "setup": {"model": dataclasses.asdict(cfg), "train": dataclasses.asdict(tcfg), "params": n_params,
                   "vocab_size": data.tokenizer.vocab_size, "train_tokens": int(len(data.train)),
-                  "val_tokens_scored": count, "eval_every": eval_every,
+                  "val_tokens_scored": count, "eval_every": EVAL_EVERY,
                   "batches": "text_data.block_batch(train, step, batch, 64, seed)",
                   "control": "genjax from seed 1 (other init and batches)" if control else None},
         "checks": {"initial_loss_batch0": {"genjax": g0, "torch": t0, "abs_diff": abs(g0 - t0)},
@@ -226,24 +222,18 @@ def json_text(res: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpt_loss_curve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2000, help="iterations (also the schedule's length)")
-    parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--control", action="store_true", help="also train genjax from seed 1 (noise scale)")
-    parser.add_argument("--core", type=int, default=-1, help="index of the core to pin to (default: last)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    parser.add_argument("--name", default="gpt_loss_curve")
-    parser.add_argument("--workdir", default="", help="token files (default: a temporary folder)")
-    args = parser.parse_args(argv)
+    p = report.parser("benchmarks.gpt_loss_curve", __doc__)
+    p.add_argument("--steps", type=int, default=2000, help="iterations (also the schedule's length)")
+    p.add_argument("--control", action="store_true", help="also train genjax from seed 1 (noise scale)")
+    args = p.parse_args(argv)
     # One core, before JAX's CPU client and torch's pools start (they size themselves from the affinity).
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[args.core]})
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
     jax.config.update("jax_platforms", "cpu")  # a CPU comparison, also on a machine with an accelerator
     torch.set_num_threads(1)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        res = run(args.steps, args.eval_every, args.workdir or tmp, args.control)
-    base = report.write(args.out, args.name, res, markdown(res), json_text=json_text(res))
+        res = run(args.steps, tmp, args.control)
+    base = report.write(args.out, "gpt_loss_curve", res, markdown(res), json_text=json_text(res))
     print(f"max |val diff| from iteration 500: {res['summary']['max_abs_val_diff_from_500']:.2e}; {base}")
 
 

@@ -1,24 +1,30 @@
 """Input pipeline throughput: 32x32 RGB images from PNG files and from in-memory uint8 arrays.
 
-    python -m benchmarks.input_pipeline [--images 20000] [--out benchmarks/results/input_pipeline.md]
+    python -m benchmarks.input_pipeline [--images 20000] [--out benchmarks/results]
 
 Measures (1) the one-time check of a PNG folder at load (every PNG decoded once); (2) images/s of
 `genjax.data.batches` (gather, decode, random flip, uint8 -> float32) with 0 (in-process), 1 and 2
 grain worker processes, after a warm-up; (3) a stand-in CPU training step (a jitted MLP costing about
 what the digits U-Net's step does) fed a fixed batch vs batches from the loader: does the loader slow it?
+Writes input_pipeline.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import tempfile
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from benchmarks import report, timing
+from genjax import data
+
+BATCH, SECONDS = 128, 6.0
 
 
 def natural_images(n: int, seed: int = 0) -> np.ndarray:
@@ -28,46 +34,33 @@ def natural_images(n: int, seed: int = 0) -> np.ndarray:
     return np.clip(fine + rng.normal(0, 12, fine.shape), 0, 255).astype(np.uint8)
 
 
-def write_folder(root: str, images: np.ndarray, num_classes: int = 10) -> None:
-    from PIL import Image
-
-    for i, image in enumerate(images):
-        os.makedirs(folder := os.path.join(root, f"class_{i % num_classes}"), exist_ok=True)
-        Image.fromarray(image).save(os.path.join(folder, f"{i:06d}.png"))
-
-
-def loader(source, workers: int, batch_size: int):
+def loader(source, workers: int):
     """The loader's image batches, warmed up (workers started); closing it stops the workers."""
-    from genjax import data
-
     def images(stream):
         try:
             yield from (b["image"] for b in stream)
         finally:
             stream.close()
 
-    stream = images(data.batches(source.fetch, source.size, batch_size, seed=0, workers=workers, flip=True))
+    stream = images(data.batches(source.fetch, source.size, BATCH, seed=0, workers=workers, flip=True))
     for _ in range(3 if workers == 0 else 2 * workers + 2):
         next(stream)
     return stream
 
 
-def loader_rate(source, workers: int, batch_size: int, seconds: float) -> float:
-    """Images/s drawn from the loader for about `seconds`."""
-    stream, n, start = loader(source, workers, batch_size), 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+def loader_rate(source, workers: int) -> float:
+    """Images/s drawn from the loader for about SECONDS."""
+    stream, n, start = loader(source, workers), 0, time.perf_counter()
+    while time.perf_counter() - start < SECONDS:
         next(stream)
         n += 1
-    rate = n * batch_size / (time.perf_counter() - start)
+    rate = n * BATCH / (time.perf_counter() - start)
     stream.close()
     return rate
 
 
 def step_rate(batches, steps: int = 60) -> float:
     """Steps/s of a jitted MLP training step on (B, 32, 32, 3) images (~30 ms on 2 cores) fed `batches`."""
-    import jax
-    import jax.numpy as jnp
-
     sizes = (3072, 1024, 1024, 3072)
     shapes = list(zip(sizes, sizes[1:]))
     params = [jax.random.normal(jax.random.key(i), (a, b)) * a**-0.5 for i, (a, b) in enumerate(shapes)]
@@ -91,46 +84,35 @@ def step_rate(batches, steps: int = 60) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=20000)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--out", default=os.path.join(report.RESULTS, "input_pipeline.md"))
-    args = parser.parse_args(argv)
-    from genjax import data
-
-    images, b = natural_images(args.images), args.batch_size
-    with tempfile.TemporaryDirectory() as tmp:
-        write_folder(folder := os.path.join(tmp, "pngs"), images)
+    p = report.parser("benchmarks.input_pipeline", __doc__)
+    p.add_argument("--images", type=int, default=20000)
+    args = p.parse_args(argv)
+    n, images = args.images, natural_images(args.images)
+    with tempfile.TemporaryDirectory() as folder:
+        for i, image in enumerate(images):
+            os.makedirs(sub := os.path.join(folder, f"class_{i % 10}"), exist_ok=True)
+            Image.fromarray(image).save(os.path.join(sub, f"{i:06d}.png"))
         size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs)
         png, check_s = timing.once(lambda: data.load(folder, "all"))
         arrays = data.from_arrays(images, np.arange(len(images)) % 10)
         sources = {"PNG folder": png, "in-memory uint8 arrays": arrays}
         rows = [{"input": "PNG folder: load (every file decoded once to check it)", "workers": 0,
-                 "rate": args.images / check_s}]
-        for (name, source), workers in itertools.product(sources.items(), (0, 1, 2)):
-            rows.append({"input": f"{name}: batches of {b}, flip, to float32", "workers": workers,
-                         "rate": loader_rate(source, workers, b, args.seconds)})
-            print(rows[-1], flush=True)
-        fixed = itertools.repeat(arrays.fetch(np.arange(b))["image"])
+                 "rate": n / check_s}]
+        rows += [{"input": f"{name}: batches of {BATCH}, flip, to float32", "workers": workers,
+                  "rate": loader_rate(source, workers)}
+                 for (name, source), workers in itertools.product(sources.items(), (0, 1, 2))]
+        fixed = itertools.repeat(arrays.fetch(np.arange(BATCH))["image"])
         steps = [{"input": "synthetic batch (no loader)", "workers": 0, "rate": step_rate(fixed)}]
-        for (name, source), workers in itertools.product(sources.items(), (0, 2)):
-            steps.append({"input": name, "workers": workers, "rate": step_rate(loader(source, workers, b))})
-            print(steps[-1], flush=True)
-
+        steps += [{"input": name, "workers": workers, "rate": step_rate(loader(source, workers))}
+                  for (name, source), workers in itertools.product(sources.items(), (0, 2))]
     lines = ["# Input pipeline throughput", "",
-             f"`python -m benchmarks.input_pipeline --images {args.images}` on {os.cpu_count()} CPU cores "
-             f"({time.strftime('%Y-%m-%d')}); {args.images:,} 32x32 RGB images "
-             f"({size / args.images:,.0f} bytes per PNG).", "",
+             f"`python -m benchmarks.input_pipeline --images {n}` on {os.cpu_count()} CPU cores "
+             f"({time.strftime('%Y-%m-%d')}); {n:,} 32x32 RGB images ({size / n:,.0f} bytes per PNG).", "",
              *report.table(rows, {"input": "{input}", "workers": "{workers}", "images/s": "{rate:,.0f}"}), "",
-             f"Stand-in CPU training step (jitted MLP 3072-1024-1024-3072, batch {b}), fed by:", "",
+             f"Stand-in CPU training step (jitted MLP 3072-1024-1024-3072, batch {BATCH}), fed by:", "",
              *report.table(steps, {"batches from": "{input}", "workers": "{workers}", "steps/s": "{rate:.2f}",
-                                   "images/s": lambda r: f"{r['rate'] * b:,.0f}"}), ""]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+                                   "images/s": lambda r: f"{r['rate'] * BATCH:,.0f}"}), ""]
+    report.write(args.out, "input_pipeline", None, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""The one report writer of benchmarks/: the machine, markdown tables, and `<stem>.json` + `<stem>.md`."""
+"""The one report writer of benchmarks/: command lines, the machine, markdown tables, and
+`<stem>.json` + `<stem>.md`."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -9,6 +11,20 @@ import platform
 from typing import Callable, Iterable
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def parser(module: str, doc: str, out: str | None = RESULTS, quick: str = "", worker: bool = False):
+    """`python -m <module>`'s options: --out (unless None), --quick where `quick` says what it does, and a
+    hidden --worker for the benchmarks that run in workers (timing.worker)."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    if out:
+        p.add_argument("--out", default=out, help="where the results go")
+    if quick:
+        p.add_argument("--quick", action="store_true", help=quick)
+    if worker:
+        p.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    return p
 
 
 def versions(modules=("jax", "jaxlib", "flax", "optax", "torch")) -> dict:
@@ -66,14 +82,31 @@ def table(rows: Iterable[dict], columns: dict[str, str | Callable]) -> list[str]
             + ["| " + " | ".join(cell(c, r) for c in columns.values()) + " |" for r in rows])
 
 
-def write(out_dir: str, stem: str, data: dict, markdown: str, sort_keys: bool = False,
+def train_rows(runs: list[dict], reference: str, unit: str) -> list[dict]:
+    """Every pinned run's train rows, flattened, with the speed ratio to `reference` ('-' without it)."""
+    rows = []
+    for r in runs:
+        ref = r["train"].get(reference, {}).get(f"{unit}_per_s")
+        for name, t in r["train"].items():
+            rows.append({**t, "threads": r["threads"], "name": name,
+                         "ratio": f"{t[f'{unit}_per_s'] / ref:.2f}x" if ref else "-"})
+    return rows
+
+
+def load_line(runs: list[dict]) -> str:
+    return "Load average at the start of each child: " + ", ".join(
+        f"{r['threads']} thread(s): {r['load_avg_start']:.2f}" for r in runs)
+
+
+def write(out_dir: str, stem: str, data: dict | None, markdown: str, sort_keys: bool = False,
           json_text: str | None = None) -> str:
-    """Writes out_dir/stem.json (`data`, or `json_text` as given) and out_dir/stem.md, prints the
-    markdown; returns out_dir/stem."""
+    """Writes out_dir/stem.json (`data`, or `json_text` as given; none without either) and out_dir/stem.md,
+    prints the markdown; returns out_dir/stem."""
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)
-    with open(base + ".json", "w") as f:
-        f.write(json_text or json.dumps(data, indent=2, sort_keys=sort_keys, default=float))
+    if data is not None or json_text:
+        with open(base + ".json", "w") as f:
+            f.write(json_text or json.dumps(data, indent=2, sort_keys=sort_keys, default=float))
     with open(base + ".md", "w") as f:
         f.write(markdown)
     print(markdown)

@@ -8,26 +8,22 @@ speed-up. Each device count runs in its own process (JAX fixes the count when it
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 
+import jax
+
 from benchmarks import cases, report, timing
+from genjax import parallel
+from genjax.loop import compile_step, place_state
 
 
-def worker(family: str, fsdp: int, model: int, steps: int) -> dict:
-    """One layout's step time, in a process whose simulated devices the parent set."""
-    import jax
-
-    from genjax import parallel
-    from genjax.loop import compile_step, place_state
-
+def measure(family: str, fsdp: int, model: int, steps: int) -> dict:
+    """One layout's step time, in a worker whose simulated devices `layout` set."""
     state, step, batch = cases.build(cases.CASES[family]["cpu"])
     mesh, shards = parallel.make_mesh(fsdp, model=model), jax.device_count() // model
-    state, shardings = place_state(state, mesh, cases.model_rules(family) if model > 1 else None)
+    state, shardings = place_state(state, mesh, cases.FAMILIES[family].MODEL_RULES if model > 1 else None)
     step = compile_step(step, shardings, mesh)
     batch = parallel.global_batch({k: v[: len(v) // shards * shards] for k, v in batch.items()}, mesh)
     held = [state]
@@ -41,19 +37,16 @@ def worker(family: str, fsdp: int, model: int, steps: int) -> dict:
             "step_s_median": statistics.median(times[1:]), "compile_s": times[0]}
 
 
-def run(family: str, devices: int, fsdp: int, model: int, steps: int) -> dict:
+def layout(family: str, devices: int, fsdp: int, model: int, steps: int) -> dict:
+    row = {"family": family, "devices": devices, "fsdp": fsdp, "model": model}
     flags = f"--xla_force_host_platform_device_count={devices}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
-    cmd = [sys.executable, "-m", "benchmarks.scaling", "--worker", family, str(fsdp), str(model), str(steps)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if out.returncode:
-        return {"family": family, "devices": devices, "fsdp": fsdp, "model": model,
-                "error": out.stderr[-500:]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        return timing.worker("benchmarks.scaling", [family, fsdp, model, steps], timeout=900, XLA_FLAGS=flags)
+    except RuntimeError as e:
+        return {**row, "error": str(e)[-500:]}
 
 
-def layout(row: dict) -> str:
+def label(row: dict) -> str:
     """'data 2 x fsdp 2 x model 2', leaving out axes of size 1."""
     fsdp, model = row["fsdp"], row["model"]
     sizes = {"data": row["devices"] // (fsdp * model), "fsdp": fsdp, "model": model}
@@ -62,7 +55,7 @@ def layout(row: dict) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = report.table(rows, {
-        "family": "{family}", "devices": "{devices}", "layout": layout,
+        "family": "{family}", "devices": "{devices}", "layout": label,
         "step ms": lambda r: "error" if "error" in r else f"{r['step_s_median'] * 1e3:.2f}",
         "compile s": lambda r: "-" if "error" in r else f"{r['compile_s']:.1f}"})
     note = ("Simulated devices share this machine's cores: the rows measure each layout's overhead and check "
@@ -71,23 +64,19 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = report.parser("benchmarks.scaling", __doc__, worker=True)
     p.add_argument("--only", action="append", choices=sorted(cases.CASES), help="families (default: all)")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--out", default=report.RESULTS)
-    p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         family, fsdp, model, steps = args.worker
-        print(json.dumps(worker(family, int(fsdp), int(model), int(steps))))
-        return 0
+        return timing.result(measure(family, int(fsdp), int(model), int(steps)))
     rows = []
     for family in args.only or list(cases.CASES):
         for devices in (1, 2, 4, 8):
-            model_axis = [(1, 2)] if devices > 1 and cases.CASES[family]["cpu"].tensor_parallel else []
-            for fsdp, model in sorted({(1, 1), (devices, 1)}) + model_axis:
-                rows.append(run(family, devices, fsdp, model, args.steps))
+            tensor = devices > 1 and hasattr(cases.FAMILIES[family], "MODEL_RULES")
+            for fsdp, model in sorted({(1, 1), (devices, 1)}) + [(1, 2)] * tensor:
+                rows.append(layout(family, devices, fsdp, model, args.steps))
                 print(json.dumps(rows[-1]), flush=True)
     data = {"environment": report.environment(), "rows": rows}
     report.write(args.out, f"scaling-{report.device_slug()}", data, markdown(rows))

@@ -1,4 +1,6 @@
-"""Every measurement of benchmarks/: wall time of calls, matmul peaks, FLOPs from XLA, MFU.
+"""Every measurement of benchmarks/: wall time of calls, matmul peaks, FLOPs from XLA, MFU, and workers
+(a benchmark in a fresh process, pinned to N cores before Python starts: XLA and torch size their thread
+pools from the affinity mask).
 
 FLOPs come from XLA's cost analysis of a step's HLO before optimization (a multiply-add counts 2), not
 of the compiled module: GPU backends hand convolutions, GEMMs and attention to cuDNN/cuBLAS custom calls,
@@ -7,13 +9,18 @@ which the compiled count misses (an H200 run reported a tenth of the DDPM U-Net'
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Dense peak FLOP/s per device by a substring of `device_kind`. "float32" is the rate of XLA's default f32
 # matmul precision: TF32 tensor cores on NVIDIA (H100: SXM; PCIe is ~756/378), bf16 MXU passes on TPU.
 DEVICE_PEAKS = {name: {"bfloat16": bf16, "float32": f32} for name, bf16, f32 in (
@@ -101,3 +108,55 @@ def interleaved(runners: dict[str, Callable[[int], None]], reps: int, min_steps:
             times[name].append(once(lambda: run(per_rep[name]))[1] / per_rep[name])
     return {name: {"step_s": statistics.median(t), "step_s_min": min(t), "steps_per_rep": per_rep[name]}
             for name, t in times.items()}
+
+
+def compare(runners: dict[str, tuple], reps: int, work: int, unit: str, min_steps: int = 1) -> dict:
+    """Rows of interleaved timings of runners (run(k), compile seconds, FLOPs per step, peak GFLOP/s)
+    doing `work` examples (or tokens) per step."""
+    times = interleaved({name: r[0] for name, r in runners.items()}, reps, min_steps)
+    rows = {}
+    for name, (_, compile_s, flops, peak) in runners.items():
+        t, gflops = times[name], flops / times[name]["step_s"] / 1e9
+        rows[name] = {"step_ms": 1e3 * t["step_s"], "step_ms_min": 1e3 * t["step_s_min"],
+                      "steps_per_rep": t["steps_per_rep"], f"{unit}_per_s": work / t["step_s"],
+                      "gflops": gflops, "mfu": gflops / peak, "compile_s": compile_s}
+    return rows
+
+
+def worker(module: str, args=(), cores: int = 0, timeout: float | None = None, **env) -> dict:
+    """What `python -m module --worker *args` printed last as `RESULT {json}`, run on the first `cores`
+    cores (0: all) with `env` added; raises RuntimeError with its output's tail if it failed."""
+    pin = sorted(os.sched_getaffinity(0))[:cores or None]
+    proc = subprocess.run([sys.executable, "-m", module, "--worker", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+                          timeout=timeout, preexec_fn=lambda: os.sched_setaffinity(0, pin))
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-5000:])
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def pinned_runs(module: str, thread_counts, args=()) -> list[dict]:
+    """`worker(module, [threads, *args], cores=threads)` for each thread count this machine has cores for."""
+    runs, cores = [], len(os.sched_getaffinity(0))
+    for threads in thread_counts:
+        if threads > cores:
+            print(f"skipping {threads} threads: only {cores} cores")
+            continue
+        print(f"{module}: {threads} thread(s) ...", flush=True)
+        try:
+            runs.append(worker(module, [threads, *args], cores=threads))
+        except RuntimeError as e:
+            raise SystemExit(f"{e}\n{module}: the worker for {threads} threads failed (its output is above)")
+    return runs
+
+
+def result(out: dict) -> None:
+    """A worker's answer to `worker`."""
+    print("RESULT " + json.dumps(out))
+
+
+def pinned_result(threads: int, measure: Callable[[], dict]) -> None:
+    """A pinned worker's answer: `measure()` with the thread count and the load averages around it."""
+    out = {"threads": threads, "load_avg_start": os.getloadavg()[0], **measure()}
+    result({**out, "load_avg_end": os.getloadavg()[0]})

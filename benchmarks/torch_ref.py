@@ -1,16 +1,9 @@
-"""Plain PyTorch (CPU eager) references of genjax's GPT and diffusion U-Net, the map of genjax's weights
-onto them, and genjax's update rule, for side-by-side benchmarks. Needs `pip install -e ".[torch]"`.
-
-- `GPT`: nanoGPT's model in genjax's default transformer layout (pre-norm, learned positions, tanh-GELU
-  MLP, bias-free LayerNorm and linears, tied embeddings, head-major qkv columns, GPT-2's init).
-- `UNet`: `genjax.nn.unet.UNet` layer for layer, NCHW inside, with Flax's init.
-- Both name their submodules after the Flax scopes, so `load` maps any genjax params tree onto them.
-- `make_trainer`: `genjax.train.make_step` over `make_optimizer(TrainConfig)`; random draws are torch's.
-"""
+"""Plain PyTorch (CPU eager) references of genjax's GPT and diffusion U-Net, built from genjax's params
+(`Twin`: a torch layer per Flax scope, same name, same values), and genjax's update rule (`make_trainer`:
+`genjax.train.make_step` over `make_optimizer(TrainConfig)`). Needs `pip install -e ".[torch]"`."""
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -19,22 +12,61 @@ import torch.nn as nn
 import torch.nn.functional as F
 from flax.traverse_util import flatten_dict
 
-FLAX_WRAPPERS = {"GroupNorm_0", "block"}  # Flax scopes with no torch counterpart
+WRAPPERS = {"GroupNorm_0", "block"}  # Flax scopes with no torch counterpart
 
 
-def flax_state(params) -> dict[str, torch.Tensor]:
-    """genjax params as a torch state dict: scopes joined by '.', kernel/scale -> weight (dense (in, out)
-    -> (out, in), conv HWIO -> OIHW), embedding -> weight, a bare array `p` (GPT's tables) -> `p.weight`."""
-    state = {}
+def torch_leaves(params):
+    """(torch scope, Flax leaf, array in torch's layout) per leaf of genjax params: dense kernels (in, out)
+    -> (out, in), conv HWIO -> OIHW; a bare array `p` (GPT's tables) is the embedding of scope `p`."""
     for path, value in flatten_dict(params).items():
-        *scope, leaf = [p for p in path if p not in FLAX_WRAPPERS]
+        *scope, leaf = [p for p in path if p not in WRAPPERS]
         a = np.asarray(value, np.float32)
         if leaf == "kernel":
             a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T
-        if leaf not in ("kernel", "scale", "bias", "embedding"):
-            scope.append(leaf)
-        state[".".join(scope + ["bias" if leaf == "bias" else "weight"])] = torch.from_numpy(np.array(a))
-    return state
+        elif leaf not in ("scale", "bias", "embedding"):
+            scope, leaf = scope + [leaf], "embedding"
+        yield ".".join(scope), leaf, np.array(a)
+
+
+def flax_state(params) -> dict[str, torch.Tensor]:  # genjax params as the state dict of their Twin
+    return {f"{scope}.{'bias' if leaf == 'bias' else 'weight'}": torch.from_numpy(a)
+            for scope, leaf, a in torch_leaves(params)}
+
+
+def max_param_diff(params, model: nn.Module) -> float:
+    ours = model.state_dict()
+    return max(float((ours[name] - value).abs().max()) for name, value in flax_state(params).items())
+
+
+def layer(name: str, shapes: dict, groups: int) -> nn.Module:
+    """The torch layer of a Flax scope's leaf shapes (kernel, scale, bias, embedding) in torch's layout."""
+    if "embedding" in shapes:
+        return nn.Embedding(*shapes["embedding"])
+    if "scale" in shapes:  # genjax.nn.unet.GroupNorm, or GPT's bias-free LayerNorm
+        c = shapes["scale"][0]
+        return nn.GroupNorm(math.gcd(groups, c), c, 1e-6) if "bias" in shapes else nn.LayerNorm(c, bias=False)
+    if len(shapes["kernel"]) == 2:
+        return nn.Linear(*shapes["kernel"][::-1], bias="bias" in shapes)
+    cout, cin, k, _ = shapes["kernel"]  # XLA's SAME padding of a stride-2 conv (0 before, 1 after): forward
+    down = name.endswith("downsample")
+    return nn.Conv2d(cin, cout, k, stride=2 if down else 1, padding=0 if down else k // 2)
+
+
+class Twin(nn.Module):
+    """Torch layers named and shaped after the Flax scopes of genjax `params`, holding their values."""
+
+    def __init__(self, params, groups: int = 1):
+        super().__init__()
+        shapes = {}
+        for scope, leaf, a in torch_leaves(params):
+            shapes.setdefault(scope, {})[leaf] = a.shape
+        for scope, leaves in shapes.items():
+            *parents, name = scope.split(".")
+            parent = self
+            for p in parents:
+                parent = parent._modules.setdefault(p, nn.ModuleDict())
+            parent.add_module(name, layer(name, leaves, groups))
+        load(self, params)
 
 
 @torch.no_grad()
@@ -43,47 +75,27 @@ def load(model: nn.Module, params) -> nn.Module:
     return model
 
 
-def max_param_diff(params, model: nn.Module) -> float:
-    ours = model.state_dict()
-    return max(float((ours[name] - value).abs().max()) for name, value in flax_state(params).items())
+class GPT(Twin):
+    """nanoGPT's model in genjax's default transformer layout (pre-norm, learned positions, tanh-GELU MLP,
+    bias-free LayerNorm and linears, tied embeddings, head-major qkv columns)."""
 
-
-# ----------------------------------------------------------------------------- GPT
-
-
-class Block(nn.Module):
-    def __init__(self, d: int, n_head: int, d_ff: int):
-        super().__init__()
-        self.n_head = n_head
-        self.ln1, self.ln2 = nn.LayerNorm(d, bias=False), nn.LayerNorm(d, bias=False)
-        linear = functools.partial(nn.Linear, bias=False)
-        self.attn = nn.ModuleDict({"qkv": linear(d, 3 * d), "proj": linear(d, d)})
-        self.mlp = nn.ModuleDict({"fc": linear(d, d_ff), "proj": linear(d_ff, d)})
-
-    def forward(self, x):
-        b, t, d = x.shape
-        qkv = self.attn["qkv"](self.ln1(x)).view(b, t, self.n_head, 3, d // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(*qkv.unbind(dim=3), is_causal=True)
-        x = x + self.attn["proj"](y.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp["proj"](F.gelu(self.mlp["fc"](self.ln2(x)), approximate="tanh"))
-
-
-class GPT(nn.Module):
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, d_model: int, d_ff: int):
-        super().__init__()
-        self.block_size = block_size
-        self.wte, self.wpe = nn.Embedding(vocab_size, d_model), nn.Embedding(block_size, d_model)
-        self.blocks = nn.ModuleDict({f"layer_{i}": Block(d_model, n_head, d_ff) for i in range(n_layer)})
-        self.ln_f = nn.LayerNorm(d_model, bias=False)
-        residual_std = 0.02 / math.sqrt(2 * n_layer)  # GPT-2's init
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                nn.init.normal_(p, 0.0, residual_std if name.endswith("proj.weight") else 0.02)
+    def __init__(self, cfg, params):
+        default = dict(scan_layers=False, tie_embeddings=True, bias=False, pos="learned", norm="layernorm",
+                       mlp="gelu", dtype="float32", n_kv_head=0, norm_eps=1e-5)
+        other = {k: getattr(cfg, k) for k, v in default.items() if getattr(cfg, k) != v}
+        if other:
+            raise ValueError(f"the torch GPT mirrors the default transformer layout only, not {other}")
+        super().__init__(params)
+        self.n_head, self.block_size = cfg.n_head, cfg.block_size
 
     def forward(self, idx):
         x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-        for block in self.blocks.values():
-            x = block(x)
+        (b, t, d), h = x.shape, self.n_head
+        for m in self.blocks.values():
+            q, k, v = m.attn.qkv(m.ln1(x)).view(b, t, h, 3, d // h).transpose(1, 2).unbind(dim=3)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + m.attn.proj(y.transpose(1, 2).reshape(b, t, d))
+            x = x + m.mlp.proj(F.gelu(m.mlp.fc(m.ln2(x)), approximate="tanh"))
         return self.ln_f(x) @ self.wte.weight.T
 
     @torch.no_grad()
@@ -95,134 +107,54 @@ class GPT(nn.Module):
         return idx
 
 
-def gpt(cfg) -> GPT:
-    """The reference of a `transformer.Config` (its default layout only)."""
-    default = dict(scan_layers=False, tie_embeddings=True, bias=False, pos="learned", norm="layernorm",
-                   mlp="gelu", dtype="float32")
-    other = {k: getattr(cfg, k) for k, v in default.items() if getattr(cfg, k) != v}
-    if other:
-        raise ValueError(f"the torch GPT mirrors the default transformer layout only, not {other}")
-    return GPT(cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.ff_width)
-
-
 def gpt_loss(model: GPT, tokens, reduction: str = "mean"):
     """Next-token cross entropy of int64 tokens (B, T + 1)."""
     return F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten(), reduction=reduction)
 
 
-# ----------------------------------------------------------------------------- U-Net
+class UNet(Twin):
+    """`genjax.nn.unet.UNet` of a diffusion.Config (float32), NCHW inside."""
 
-
-def _init(layer, zero: bool = False):
-    nn.init.zeros_(layer.weight) if zero else nn.init.xavier_uniform_(layer.weight)  # = fan-avg uniform
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-def conv(cin: int, cout: int, k: int, stride: int = 1, zero: bool = False) -> nn.Conv2d:
-    return _init(nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2 if stride == 1 else 0), zero)
-
-
-def dense(cin: int, cout: int, zero: bool = False) -> nn.Linear:
-    return _init(nn.Linear(cin, cout), zero)
-
-
-def norm(channels: int, groups: int) -> nn.GroupNorm:  # genjax.nn.unet.GroupNorm
-    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
-
-
-class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float):
-        super().__init__()
-        self.norm1, self.conv1, self.emb_proj = norm(cin, groups), conv(cin, cout, 3), dense(emb_dim, cout)
-        self.norm2, self.dropout = norm(cout, groups), nn.Dropout(dropout)
-        self.conv2 = conv(cout, cout, 3, zero=True)
-        self.skip = conv(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x, emb):
-        h = self.conv1(F.silu(self.norm1(x))) + self.emb_proj(F.silu(emb))[:, :, None, None]
-        return self.skip(x) + self.conv2(self.dropout(F.silu(self.norm2(h))))
-
-
-class AttnBlock(nn.Module):
-    def __init__(self, channels: int, groups: int):
-        super().__init__()
-        self.norm, self.qkv = norm(channels, groups), dense(channels, 3 * channels)
-        self.proj = dense(channels, channels, zero=True)
-
-    def forward(self, x, emb=None):
-        b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x).reshape(b, c, h * w).transpose(1, 2)).chunk(3, dim=-1)
-        return x + self.proj(F.scaled_dot_product_attention(q, k, v)).transpose(1, 2).reshape(b, c, h, w)
-
-
-class UNet(nn.Module):
-    """The U-Net of a diffusion.Config (float32)."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        ch, mults, groups = cfg.channels, cfg.channel_mults, cfg.num_groups
-        self.channels, self.levels, self.blocks = ch, len(mults), cfg.num_res_blocks
-        attn = [self.padded(cfg.image_shape[0]) // 2**i in cfg.attn_resolutions for i in range(self.levels)]
-        res = lambda cin, cout: ResBlock(cin, cout, 4 * ch, groups, cfg.dropout)  # noqa: E731
-        self.time_dense0, self.time_dense1 = dense(ch, 4 * ch), dense(4 * ch, 4 * ch)
-        if cfg.num_classes:  # Flax's Embed init: N(0, 1 / width) (truncated there)
-            self.class_embed = nn.Embedding(cfg.num_classes + 1, 4 * ch)
-            nn.init.normal_(self.class_embed.weight, 0.0, (4 * ch) ** -0.5)
-        self.conv_in, width, skips = conv(cfg.image_shape[-1], ch, 3), ch, [ch]
-        for i, mult in enumerate(mults):
-            for j in range(self.blocks):
-                self._add(f"down{i}_res{j}", res(width, ch * mult), attn[i] and AttnBlock(ch * mult, groups))
-                width = ch * mult
-                skips.append(width)
-            if i != self.levels - 1:
-                self.add_module(f"down{i}_downsample", conv(width, width, 3, stride=2))
-                skips.append(width)
-        self.mid_res0, self.mid_attn = res(width, width), AttnBlock(width, groups)
-        self.mid_res1 = res(width, width)
-        for i, mult in reversed(list(enumerate(mults))):
-            for j in range(self.blocks + 1):
-                self._add(f"up{i}_res{j}", res(width + skips.pop(), ch * mult),
-                          attn[i] and AttnBlock(ch * mult, groups))
-                width = ch * mult
-            if i:
-                self.add_module(f"up{i}_upsample", conv(width, width, 3))
-        self.norm_out, self.conv_out = norm(width, groups), conv(width, cfg.image_shape[-1], 3, zero=True)
-
-    def _add(self, name: str, block: nn.Module, attention: nn.Module | bool):
-        self.add_module(name, block)
-        if attention:
-            self.add_module(name.replace("res", "attn"), attention)
+    def __init__(self, cfg, params):
+        super().__init__(params, cfg.num_groups)
+        self.cfg, self.levels = cfg, len(cfg.channel_mults)
 
     def padded(self, size: int) -> int:
         return -(-size // 2 ** (self.levels - 1)) * 2 ** (self.levels - 1)
 
-    def _level_block(self, name: str, h, emb):  # a residual block, and its attention where there is one
-        h = self._modules[name](h, emb)
-        attn = name.replace("res", "attn")
-        return self._modules[attn](h) if attn in self._modules else h
+    def attention(self, m, x):
+        b, c, h, w = x.shape
+        q, k, v = m.qkv(m.norm(x).reshape(b, c, h * w).transpose(1, 2)).chunk(3, dim=-1)
+        return x + m.proj(F.scaled_dot_product_attention(q, k, v)).transpose(1, 2).reshape(b, c, h, w)
+
+    def block(self, name: str, x, emb):  # a residual block, and its attention where there is one
+        m, attn = self._modules[name], self._modules.get(name.replace("res", "attn"))
+        h = m.conv1(F.silu(m.norm1(x))) + m.emb_proj(F.silu(emb))[:, :, None, None]
+        h = m.conv2(F.dropout(F.silu(m.norm2(h)), self.cfg.dropout, self.training))
+        h = h + (m.skip(x) if "skip" in m else x)
+        return self.attention(attn, h) if attn is not None else h
 
     def forward(self, x, t, labels=None):
-        (B, _, H, W), half = x.shape, self.channels // 2
+        (B, _, H, W), half, mod = x.shape, self.cfg.channels // 2, self._modules
         ph, pw = self.padded(H) - H, self.padded(W) - W
         h = self.conv_in(F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)))
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / max(half - 1, 1))
         args = (torch.broadcast_to(torch.as_tensor(t), (B,)).float() * 1000.0)[:, None] * freqs[None]
-        emb = F.pad(torch.cat([torch.sin(args), torch.cos(args)], -1), (0, self.channels % 2))
+        emb = F.pad(torch.cat([torch.sin(args), torch.cos(args)], -1), (0, self.cfg.channels % 2))
         emb = self.time_dense1(F.silu(self.time_dense0(emb)))
         emb = emb if labels is None else emb + self.class_embed(labels)
-        skips = [h]
+        skips, blocks = [h], self.cfg.num_res_blocks
         for i in range(self.levels):
-            for j in range(self.blocks):
-                skips.append(h := self._level_block(f"down{i}_res{j}", h, emb))
-            if i != self.levels - 1:  # XLA's SAME padding for a stride-2 3x3 conv: 0 before, 1 after
-                skips.append(h := self._modules[f"down{i}_downsample"](F.pad(h, (0, 1, 0, 1))))
-        h = self.mid_res1(self.mid_attn(self.mid_res0(h, emb)), emb)
+            for j in range(blocks):
+                skips.append(h := self.block(f"down{i}_res{j}", h, emb))
+            if i != self.levels - 1:
+                skips.append(h := mod[f"down{i}_downsample"](F.pad(h, (0, 1, 0, 1))))
+        h = self.block("mid_res1", self.attention(self.mid_attn, self.block("mid_res0", h, emb)), emb)
         for i in reversed(range(self.levels)):
-            for j in range(self.blocks + 1):
-                h = self._level_block(f"up{i}_res{j}", torch.cat([h, skips.pop()], dim=1), emb)
+            for j in range(blocks + 1):
+                h = self.block(f"up{i}_res{j}", torch.cat([h, skips.pop()], dim=1), emb)
             if i:
-                h = self._modules[f"up{i}_upsample"](F.interpolate(h, scale_factor=2, mode="nearest"))
+                h = mod[f"up{i}_upsample"](F.interpolate(h, scale_factor=2, mode="nearest"))
         return self.conv_out(F.silu(self.norm_out(h)))[:, :, ph // 2:ph // 2 + H, pw // 2:pw // 2 + W]
 
 
@@ -254,7 +186,10 @@ def diffusion_loss(cfg):
     return loss
 
 
-# ----------------------------------------------------------------------------- genjax's update
+def at_threads(n: int) -> None:
+    """torch at `n` intra-op threads, seed 0: a pinned worker's setting (benchmarks.timing.worker)."""
+    torch.set_num_threads(n)
+    torch.manual_seed(0)
 
 
 def lr_at(step: int, peak: float, warmup: int, steps: int) -> float:
@@ -272,8 +207,10 @@ def make_trainer(model: nn.Module, loss_fn, hp):
     """`step(batch) -> loss` training `model` on `loss_fn(model, batch)` with TrainConfig `hp`'s update."""
     if hp.schedule != "cosine" or hp.grad_accum != 1 or hp.ema_warmup:
         raise ValueError("the torch trainer covers the cosine schedule, no grad_accum or ema_warmup")
-    params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=hp.lr, betas=(hp.b1, hp.b2), eps=1e-8, weight_decay=hp.weight_decay)
+    params = list(model.parameters())  # decayed: matrices, kernels, embeddings (genjax.train.decay_mask)
+    groups = [{"params": [p for p in params if p.dim() >= 2]},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(hp.b1, hp.b2), eps=1e-8, weight_decay=hp.weight_decay)
     ema, applied = [p.detach().clone() for p in params], [0]
 
     def step(batch) -> float:

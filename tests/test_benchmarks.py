@@ -28,7 +28,7 @@ def test_dense_layer_and_its_gradient_count_2_m_n_k_flops_per_matmul():
 def test_transformer_step_flops_match_6n_plus_attention():
     case = cases.CASES["transformer"]["cpu"]
     xla = timing.flops(*cases.step_flops_args(case))
-    analytic = cases.gpt_flops_per_token(case.model) * case.examples_per_step
+    analytic = cases.transformer.flops_per_token(case.model) * case.examples_per_step
     # XLA also counts softmax, norms, GELU and the optimizer; the matmuls dominate.
     assert analytic * 0.9 < xla < analytic * 1.35
 
