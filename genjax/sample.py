@@ -4,6 +4,7 @@
     python -m genjax.sample WORKDIR --num 16 --out grid.png --sampler ddim --steps 50 --guidance 2 --labels 3
     python -m genjax.sample WORKDIR --prompt "def main" --length 200        # text runs
     python -m genjax.sample WORKDIR --help                                  # this run's options
+    python -m genjax.sample HF_DIR --prompt "Hello" --greedy true            # a Hugging Face GPT-2 / Llama checkpoint
 
 The workdir's config.json says which family and model config made the run; its newest restorable
 checkpoint gives the weights (the EMA weights where the run kept them). The sampling options are the
@@ -33,14 +34,33 @@ TEXT_FIELDS = ("prompt", "stop_token")  # set from the run's tokenizer and --pro
 EXIT_INTERRUPTED = 130
 
 
+HF_EXPERIMENT = "huggingface"  # genjax.models.hf.run_record's: a Hugging Face checkpoint directory
+
+
+def _record(workdir: str) -> dict:
+    """The workdir's config.json record; a Hugging Face checkpoint directory (config.json with a
+    `model_type`) reads as a transformer run whose weights and tokenizer come from genjax.models.hf."""
+    record = config_lib.load(workdir)
+    if "model_type" not in record:
+        return record
+    from genjax.models import hf
+
+    return hf.run_record(workdir)
+
+
 def load_run(workdir: str, use_ema: bool = True):
-    """(family module, model config, params, step) of the newest restorable checkpoint in `workdir`.
+    """(family module, model config, params, step) of the newest restorable checkpoint in `workdir`
+    (step 0 for a Hugging Face checkpoint directory).
 
     Refuses (ConfigError) a checkpoint whose parameters do not have the shapes its config.json implies.
     """
-    record = config_lib.load(workdir)
+    record = _record(workdir)
     family = get_family(record["family"])
     model_cfg = config_lib.from_dict(family.Config, record["config"]["model"])
+    if record["experiment"] == HF_EXPERIMENT:
+        from genjax.models import hf
+
+        return family, model_cfg, hf.load_pretrained(workdir)[0], 0
     step, raw = restore_raw(os.path.join(workdir, "checkpoints"))
     params = raw.get("ema_params") if use_ema and raw.get("ema_params") is not None else raw["params"]
     expected = jax.eval_shape(lambda key: family.init(key, model_cfg), jax.random.key(0))
@@ -51,9 +71,13 @@ def load_run(workdir: str, use_ema: bool = True):
     return family, model_cfg, params, step
 
 
-def _tokenizer(workdir: str):
+def _tokenizer(workdir: str, record: dict):
     from genjax.data import text
 
+    if record["experiment"] == HF_EXPERIMENT:
+        from genjax.models import hf
+
+        return hf.load_tokenizer(workdir, record["config"]["model"]["vocab_size"])
     return text.load_tokenizer(workdir) if os.path.exists(os.path.join(workdir, text.TOKENIZER_FILE)) else None
 
 
@@ -137,10 +161,10 @@ def main(argv=None) -> int:
     if workdir is None:
         _parser().parse_args(argv)  # --help, or the missing-workdir error
     try:
-        record = config_lib.load(workdir)
+        record = _record(workdir)
         family = get_family(record["family"])
         model_cfg = config_lib.from_dict(family.Config, record["config"]["model"])
-        tok = _tokenizer(workdir)
+        tok = _tokenizer(workdir, record)
     except (FileNotFoundError, ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

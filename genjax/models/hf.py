@@ -2,7 +2,7 @@
 
     params, cfg, tok = load_pretrained("path/to/hf_dir")         # or a hub name (needs huggingface_hub)
     save_pretrained(params, cfg, tok, "out_dir", arch="gpt2")     # transformers.AutoModelForCausalLM loads it
-    python -m genjax.sample HF_DIR --prompt "Hello" --greedy       # samples straight from a checkpoint
+    python -m genjax.sample HF_DIR --prompt "Hello" --greedy true    # samples straight from a checkpoint
     python -m genjax.models.hf import HF_DIR WORKDIR              # a genjax run (config.json + checkpoint)
     python -m genjax.models.hf export WORKDIR HF_DIR [--arch gpt2|llama]
 
@@ -155,7 +155,7 @@ def run_record(directory: str) -> dict:
     from genjax import config as config_lib
 
     cfg = read_config(directory)
-    return {"experiment": "hf", "family": "transformer",
+    return {"experiment": "huggingface", "family": "transformer",
             "config": config_lib.to_dict(Imported(os.path.abspath(directory), cfg))}
 
 
