@@ -2,7 +2,7 @@
 
     python experiments/gpt_text.py --workdir runs/gpt_text                  # a base model to start from
     python experiments/gpt_finetune.py --workdir runs/ft --init runs/gpt_text --data notes.txt
-    python experiments/gpt_finetune.py --workdir runs/ft_full --init runs/gpt_text --lora.rank 0 --train.lr 3e-4
+    python experiments/gpt_finetune.py --workdir runs/ft0 --init runs/gpt_text --lora.rank 0 --train.lr 3e-4
     python experiments/gpt_finetune.py --workdir runs/ft_gpt2 --init hf/gpt2 --seq_len 128 --data notes.txt
     python -m genjax.sample runs/ft/merged --prompt "The return statement" --length 300
 
@@ -80,8 +80,8 @@ class Config:
 def load_init(path: str):
     """(params, model config, tokenizer) of a genjax transformer workdir or a Hugging Face folder."""
     if not os.path.isdir(path):
-        raise ConfigError(f"--init {path} is not a folder: give a genjax transformer workdir (e.g. runs/gpt_text) "
-                          "or a Hugging Face model folder")
+        raise ConfigError(f"--init {path} is not a folder: give a genjax transformer workdir (e.g. "
+                          "runs/gpt_text) or a Hugging Face model folder")
     record = {}
     if os.path.exists(os.path.join(path, "config.json")):
         with open(os.path.join(path, "config.json")) as f:
@@ -90,12 +90,12 @@ def load_init(path: str):
         try:
             from genjax.models import hf
         except ImportError:
-            raise ConfigError(f"--init {path} is not a genjax workdir (its config.json names no experiment) and "
-                              "this genjax cannot read Hugging Face folders (no genjax.models.hf)") from None
+            raise ConfigError(f"--init {path} is not a genjax workdir (no config.json naming an experiment) "
+                              "and this genjax reads no Hugging Face folders (no genjax.models.hf)") from None
         return hf.load_pretrained(path)
     if record.get("family") != "transformer":
-        raise ConfigError(f"--init {path} is a {record['experiment']} run of the {record.get('family')} family; "
-                          "fine-tuning needs a transformer run (gpt_text, gpt_finetune)")
+        raise ConfigError(f"--init {path} is a {record['experiment']} run of the {record.get('family')} "
+                          "family; fine-tuning needs a transformer run (gpt_text, gpt_finetune)")
     if record["experiment"] == "gpt_finetune" and record["config"]["lora"]["rank"] > 0:
         raise ConfigError(f"--init {path} holds LoRA adapters, not a model: use --init "
                           f"{os.path.join(path, MERGED)} (its merged model)")
@@ -139,9 +139,10 @@ def check_same_base(config: Config, workdir: str) -> None:
     for key, what in (("init_sha256", f"--init {config.init}"), ("data_sha256", f"--data {config.data}")):
         saved = record["config"].get(key)
         if saved != getattr(config, key):
-            raise ConfigError(f"--workdir {workdir} was fine-tuned from other {'weights' if key[0] == 'i' else 'text'} "
-                              f"(sha256 {str(saved)[:12]}) than {what} (sha256 {getattr(config, key)[:12]}); pass the "
-                              "same one or use a fresh --workdir (nothing was changed)")
+            other = "weights" if key == "init_sha256" else "text"
+            raise ConfigError(f"--workdir {workdir} was fine-tuned from other {other} (sha256 "
+                              f"{str(saved)[:12]}) than {what} (sha256 {getattr(config, key)[:12]}); pass "
+                              "the same one or use a fresh --workdir (nothing was changed)")
 
 
 def save_merged(params, state, config: Config, tok, workdir: str) -> str:
@@ -166,8 +167,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     timer = experiment.Timer()
     config.lora.validate()
     if not config.init:
-        raise ConfigError("--init is required: a genjax transformer workdir (e.g. runs/gpt_text) or a Hugging Face "
-                          "model folder")
+        raise ConfigError("--init is required: a genjax transformer workdir (e.g. runs/gpt_text) or a "
+                          "Hugging Face model folder")
     if os.path.abspath(config.init) == os.path.abspath(workdir):
         raise ConfigError(f"--init and --workdir are both {workdir}: fine-tune into a fresh --workdir")
     base, init_cfg, tok = load_init(config.init)
@@ -175,8 +176,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     model_cfg.validate()
     seq_len = config.seq_len or model_cfg.block_size
     if not 1 <= seq_len <= model_cfg.block_size:
-        raise ConfigError(f"seq_len={config.seq_len} must be in [1, {model_cfg.block_size}] (the model's context; "
-                          "0: all of it)")
+        raise ConfigError(f"seq_len={config.seq_len} must be in [1, {model_cfg.block_size}] (the model's "
+                          "context; 0: all of it)")
     if config.lora.rank:
         config.lora.validate(base)  # the targets against the init's kernels
     corpus = text_data.load_corpus(config.data, config.data_dir or None)
@@ -194,16 +195,18 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     if jax.process_index() == 0:
         text_data.save_tokenizer(tok, workdir)
     keys, rank = run.keys, config.lora.rank
+    kernels = len(lora.select(base, config.lora.targets)) if rank else 0
+    how = f"rank-{rank} LoRA of {kernels} kernels" if rank else "every weight"
     log.note(f"--init {config.init}: {transformer.num_params(base):,} params; {len(corpus):,} characters -> "
-             f"{len(train_ids):,} train / {len(val_ids):,} val tokens; "
-             + (f"LoRA rank {rank} on {len(lora.select(base, config.lora.targets))} kernels" if rank else "full"))
+             f"{len(train_ids):,} train / {len(val_ids):,} val tokens; training {how}")
 
     # ---- state and step: adapters over a frozen base (LoRA), or every weight
     tx = train.make_optimizer(config.train)
     ema = config.train.ema_decay > 0
     loss_fn = functools.partial(transformer.loss, cfg=model_cfg)
     if rank:
-        state = lora.init_state(keys["state"], base, lora.init_adapters(keys["lora"], base, config.lora), tx, ema)
+        adapters = lora.init_adapters(keys["lora"], base, config.lora)
+        state = lora.init_state(keys["state"], base, adapters, tx, ema)
         step = lora.step_for(loss_fn, config.lora, config.train, tx)
         rules = lora.model_rules(transformer.MODEL_RULES)
         merge = jax.jit(functools.partial(lora.merge, cfg=config.lora))
@@ -217,10 +220,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     score = jax.jit(functools.partial(transformer.evaluate, cfg=model_cfg))
 
     def evaluate(params) -> dict:
-        means = experiment.evaluate_batches(score, params, experiment.chunks({"tokens": blocks}, config.eval_batch),
-                                            keys["sample"])
-        return {"loss": means["nll"], "perplexity": metrics.perplexity(means["nll"]), "accuracy": means["correct"],
-                "bits_per_char": metrics.bits_per_char(means["nll"], chars_per_token)}
+        batches = experiment.chunks({"tokens": blocks}, config.eval_batch)
+        means = experiment.evaluate_batches(score, params, batches, keys["sample"])
+        nll = means["nll"]
+        return {"loss": nll, "perplexity": metrics.perplexity(nll), "accuracy": means["correct"],
+                "bits_per_char": metrics.bits_per_char(nll, chars_per_token)}
 
     def write_sample(state, name: str | None = None, seed: int | None = None) -> None:
         step_no = int(jax.device_get(state.step))
@@ -229,12 +233,13 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         text = config.prompt + tok.decode(new[(new >= 0) & (new != sample_options.stop_token)])
         if jax.process_index() == 0:
             os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-            with open(os.path.join(workdir, "samples", name or f"text_{step_no:06d}.txt"), "w", encoding="utf-8") as f:
+            path = os.path.join(workdir, "samples", name or f"text_{step_no:06d}.txt")
+            with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
             print(f"\n---- sample at step {step_no} ----\n{text}\n----", flush=True)
 
     before = evaluate(base)  # the init itself on this text
-    log.note(f"held-out loss before fine-tuning: {before['loss']:.4f} ({before['bits_per_char']:.3f} bits/char)")
+    log.note(f"held-out loss of --init: {before['loss']:.4f} ({before['bits_per_char']:.3f} bits/char)")
     hooks = (loop.Hook(config.train.eval_every, lambda s: evaluate(full(s))),
              loop.Hook(config.train.sample_every, write_sample, split="samples"))
 

@@ -61,11 +61,11 @@ class LoraConfig:
         if params is None:
             return
         if self.rank < 1:
-            raise ConfigError(f"lora.rank={self.rank} makes no adapters: use >= 1 (rank 0 is full fine-tuning)")
+            raise ConfigError(f"lora.rank={self.rank} makes no adapters: use >= 1 (rank 0: full fine-tuning)")
         for name, w in select(params, self.targets).items():
             if self.rank > min(w.shape[-2:]):
-                raise ConfigError(f"lora.rank={self.rank} exceeds the smaller side of {name} {tuple(w.shape)}: "
-                                  f"use <= {min(w.shape[-2:])} (or 0: full fine-tuning)")
+                raise ConfigError(f"lora.rank={self.rank} exceeds the smaller side of {name} "
+                                  f"{tuple(w.shape)}: use <= {min(w.shape[-2:])} (or 0: full fine-tuning)")
 
 
 # ----------------------------------------------------------------------------- paths
@@ -94,13 +94,14 @@ def available(params) -> list[str]:
 
 
 def select(params, targets) -> dict[str, jax.Array]:
-    """The kernels the targets select, by path; a target selecting none is a ConfigError naming what exists."""
+    """The kernels the targets select, by path; a target selecting none is a ConfigError listing them."""
     found = kernels(params)
     chosen = {}
     for target in targets:
         hits = {n: w for n, w in found.items() if _matches(target, n)}
         if not hits:
-            raise ConfigError(f"lora.targets: {target!r} matches no kernel; available: {', '.join(available(params))}")
+            raise ConfigError(f"lora.targets: {target!r} matches no kernel; available: "
+                              f"{', '.join(available(params))}")
         chosen.update(hits)
     return {n: w for n, w in found.items() if n in chosen}  # in params order, each once
 
@@ -152,8 +153,8 @@ def merge(params, adapters, cfg: LoraConfig | float):
             return w
         a, b = pair["a"], pair["b"]
         if a.shape[:-1] != w.shape[:-1] or b.shape[-1] != w.shape[-1]:
-            raise ConfigError(f"adapter of {'/'.join(_keys(path))}: A {a.shape} @ B {b.shape} does not fit the "
-                              f"kernel {w.shape}")
+            raise ConfigError(f"adapter of {'/'.join(_keys(path))}: A {a.shape} @ B {b.shape} does not fit "
+                              f"the kernel {w.shape}")
         delta = jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
         return (w + scale * delta.astype(jnp.float32)).astype(w.dtype)
 
@@ -189,7 +190,8 @@ class LoraState(train.TrainState):
     base: Any = None
 
 
-def init_state(key: jax.Array, base, adapters, tx: optax.GradientTransformation, ema: bool = False) -> LoraState:
+def init_state(key: jax.Array, base, adapters, tx: optax.GradientTransformation,
+               ema: bool = False) -> LoraState:
     s = train.init_state(key, adapters, tx, ema)
     return LoraState(step=s.step, params=s.params, opt_state=s.opt_state, key=s.key, ema_params=s.ema_params,
                      base=base)
@@ -201,20 +203,23 @@ def merged_params(state: LoraState, cfg: LoraConfig | float):
 
 
 def make_step(loss_fn: Callable[..., tuple[jax.Array, dict]], tx: optax.GradientTransformation,
-              cfg: LoraConfig | float, *, ema_decay: float = 0.0, ema_warmup: bool = False, grad_accum: int = 1):
+              cfg: LoraConfig | float, *, ema_decay: float = 0.0, ema_warmup: bool = False,
+              grad_accum: int = 1):
     """`train.make_step` for a LoraState: the same pieces (accumulation, finite guard, EMA) over the adapters;
     the base goes through untouched."""
     lora_loss = wrap_loss(loss_fn, cfg)
 
     def step(state: LoraState, batch):
-        grad_fn = jax.value_and_grad(functools.partial(lora_loss, step=state.step, base=state.base), has_aux=True)
-        (loss, metrics), grads = train.accumulate_gradients(grad_fn, state.params, batch, train.step_key(state),
-                                                            grad_accum)
+        loss_fn = functools.partial(lora_loss, step=state.step, base=state.base)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        key = train.step_key(state)
+        (loss, metrics), grads = train.accumulate_gradients(grad_fn, state.params, batch, key, grad_accum)
         params, opt_state, finite = train.apply_gradients(tx, state.params, state.opt_state, grads, loss)
         ema = train.update_ema(state.ema_params, params, ema_decay, state.step, ema_warmup)
         trained = state.replace(base=None)  # the finite guard selects over what changed, not the base
-        kept, metrics = train.finish_step(trained, trained.replace(params=params, opt_state=opt_state, ema_params=ema),
-                                          finite, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)})
+        new = trained.replace(params=params, opt_state=opt_state, ema_params=ema)
+        kept, metrics = train.finish_step(trained, new, finite,
+                                          {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)})
         return kept.replace(base=state.base), metrics
 
     return step
