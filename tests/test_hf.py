@@ -223,6 +223,7 @@ def test_genjax_char_model_exports_as_gpt2_and_its_tokenizer_loads(tmp_path, cap
     assert hf.main(["import", out, imported]) == 0
     assert sample_cli.main([imported, "--prompt", "the", "--length", "12", "--greedy", "true"]) == 0
     assert capsys.readouterr().out == direct
+    params, cfg, _ = hf.load_pretrained(out)  # (with GPT-2's zero biases): the CLI's compiled sampler
     new = np.asarray(T.sample(params, jax.random.key(0), 1, cfg,
                               T.SampleOptions(prompt=tuple(tok.encode("the")), length=12, greedy=True)))[0]
     assert direct == "the" + tok.decode(new) + "\n"

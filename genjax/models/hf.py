@@ -89,7 +89,8 @@ def config_from_hf(hf: dict, where: str = CONFIG_FILE) -> transformer.Config:
         d = need("n_embd")
         cfg = transformer.Config(
             vocab_size=need("vocab_size"), block_size=hf.get("n_positions") or need("n_ctx"),
-            n_layer=need("n_layer"), n_head=need("n_head"), d_model=d, d_ff=hf.get("n_inner") or 4 * d,
+            n_layer=need("n_layer"), n_head=need("n_head"), d_model=d,
+            d_ff=0 if hf.get("n_inner") in (None, 4 * d) else hf["n_inner"],  # 0: genjax's 4 * d_model
             norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), pos="learned", mlp="gelu",
             tie_embeddings=hf.get("tie_word_embeddings", True), bias=True)
     elif kind == "llama":
