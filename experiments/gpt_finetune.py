@@ -39,7 +39,7 @@ from genjax import config as config_lib
 from genjax import data as data_lib
 from genjax.config import ConfigError
 from genjax.data import text as text_data
-from genjax.models import transformer
+from genjax.models import hf, transformer
 
 # Compute settings a fine-tune may choose; every other model.* key is the init's architecture.
 TUNABLE = tuple(k for k in ("dropout", "dtype", "attention", "remat", "pad_vocab_to")
@@ -82,17 +82,16 @@ def load_init(path: str):
     if not os.path.isdir(path):
         raise ConfigError(f"--init {path} is not a folder: give a genjax transformer workdir (e.g. "
                           "runs/gpt_text) or a Hugging Face model folder")
-    record = {}
-    if os.path.exists(os.path.join(path, "config.json")):
-        with open(os.path.join(path, "config.json")) as f:
-            record = json.load(f)
-    if "experiment" not in record:  # not a genjax workdir: a Hugging Face folder
-        try:
-            from genjax.models import hf
-        except ImportError:
-            raise ConfigError(f"--init {path} is not a genjax workdir (no config.json naming an experiment) "
-                              "and this genjax reads no Hugging Face folders (no genjax.models.hf)") from None
-        return hf.load_pretrained(path)
+    if hf.is_checkpoint_dir(path):
+        params, cfg, tok = hf.load_pretrained(path)
+        if tok is None:
+            raise ConfigError(f"--init {path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
+                              "fine-tuning on text needs the model's own")
+        return params, cfg, tok
+    record = config_lib.load(path) if os.path.exists(os.path.join(path, "config.json")) else {}
+    if "experiment" not in record:
+        raise ConfigError(f"--init {path} is neither a genjax workdir nor a Hugging Face checkpoint (no "
+                          "config.json naming an experiment or a model_type)")
     if record.get("family") != "transformer":
         raise ConfigError(f"--init {path} is a {record['experiment']} run of the {record.get('family')} "
                           "family; fine-tuning needs a transformer run (gpt_text, gpt_finetune)")

@@ -18,7 +18,7 @@ import pytest
 from experiments import gpt_finetune, gpt_text
 from genjax import checkpoint, config as config_lib, log, lora, loop, sample as sample_cli
 from genjax.config import ConfigError
-from genjax.models import transformer
+from genjax.models import hf, transformer
 from genjax.nn.attention import Dense
 from tests.test_workdir import corpus, save_untrained_run, tiny_run
 
@@ -251,6 +251,23 @@ def test_merged_model_samples_and_is_a_valid_init(lora_run, tmp_path, tmp_path_f
     assert sample_cli.main([str(tmp_path / "full"), "--prompt", "the", "--length", "4"]) == 0
 
 
+def test_finetune_from_a_hugging_face_checkpoint_and_export(lora_run, tmp_path, tmp_path_factory):
+    pytest.importorskip("safetensors")
+    base, run = lora_run
+    hf_base = hf.export_run(base, str(tmp_path / "hf_base"))  # the tiny gpt_text run as a GPT-2 checkpoint
+    out = tmp_path / "hf_out"
+    summary = _finetune(tmp_path / "ft", hf_base, tmp_path_factory,
+                        **{"train.steps": "2", "hf_out": str(out)})
+    # the same weights (GPT-2 adds zero biases) and the same tokens as the genjax init
+    assert summary["val_loss_before"] == pytest.approx(json.loads((run / "summary.json").read_text())
+                                                       ["val_loss_before"], abs=1e-5)
+    assert summary["val_loss"] < summary["val_loss_before"]
+    params, cfg, tok = hf.load_pretrained(str(out))
+    merged = checkpoint.restore_raw(str(tmp_path / "ft/merged/checkpoints"))[1]["params"]
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, params), merged)
+    assert tok.decode(tok.encode("the quick fox")) == "the quick fox"
+
+
 def _error(tmp_path_factory, workdir, init, **overrides) -> str:
     with pytest.raises(ConfigError) as e:
         _finetune(workdir, init, tmp_path_factory, **overrides)
@@ -293,3 +310,14 @@ def test_resuming_from_other_weights_is_refused(lora_run, tmp_path, tmp_path_fac
     # a LoRA workdir is not an init, its merged model is
     with pytest.raises(ConfigError, match="holds LoRA adapters, not a model: use --init .*merged"):
         _finetune(tmp_path / "again", str(run), tmp_path_factory)
+
+
+def test_memory_benchmark_on_a_tiny_model():
+    from benchmarks import lora_memory
+
+    full = lora_memory.measure("full", CFG, None, 2, 8)
+    small = lora_memory.measure("lora", CFG, ALL, 2, 8)
+    assert full["frozen_bytes"] == 0 and small["frozen_bytes"] == full["trained_bytes"]
+    assert small["optimizer_bytes"] < full["optimizer_bytes"] / 2
+    assert small["trained_params"] == lora.num_params(lora.init_adapters(jax.random.key(0), _params(), ALL))
+    assert full.get("argument_size_in_bytes", 1) > 0
