@@ -32,13 +32,9 @@ def train_row(name: str, size: str, steps: int, peak: float | None) -> dict:
             "mfu": timing.mfu(flops, step_s, peak), "peak_used": peak, "compute_dtype": case.model.dtype}
 
 
-def sampling_rows(name: str, size: str, quick: bool) -> list[dict]:
-    rows = []
-    for what, setting, items, calls, draw in cases.sampling(name, size, quick):
-        call_s = timing.median_time(lambda: jax.block_until_ready(draw()), calls)
-        rows.append({"family": name, "what": what, "setting": setting, "call_s": call_s,
-                     "items_per_s": items / call_s})
-    return rows
+def sampling_row(name: str, what: str, setting: str, items: int, calls: int, draw) -> dict:
+    call_s = timing.median_time(lambda: jax.block_until_ready(draw()), calls)
+    return {"family": name, "what": what, "setting": setting, "call_s": call_s, "items_per_s": items / call_s}
 
 
 def markdown(results: dict) -> str:
@@ -83,7 +79,8 @@ def main(argv=None) -> int:
             dtype = cases.CASES[name][size].model.dtype  # MFU against this dtype's peak
             steps = args.steps or (5 if args.quick else 20)
             results["train"].append(train_row(name, size, steps, table[dtype] or measured[dtype]))
-            results["sampling"] += sampling_rows(name, size, args.quick)
+            for sampling in cases.sampling(name, size, args.quick):
+                results["sampling"].append(sampling_row(name, *sampling))
             print(markdown(results), flush=True)  # the rows so far
         except Exception as e:  # one broken case must not hide the others' numbers
             traceback.print_exc()

@@ -70,7 +70,7 @@ def init_state(name: str, cfg, tcfg: train.TrainConfig, keys=None) -> train.Trai
     return train.init_state(state_key, params, train.make_optimizer(tcfg), ema=tcfg.ema_decay > 0)
 
 
-def train_step(name: str, cfg, tcfg: train.TrainConfig):
+def train_step(name: str, cfg, tcfg: train.TrainConfig):  # the GAN has its own two-player step
     return gan.make_step(cfg, tcfg) if name == "gan" else train.step_for(
         functools.partial(FAMILIES[name].loss, cfg=cfg), tcfg)
 
@@ -106,7 +106,8 @@ def sampling(name: str, size: str, quick: bool) -> list[tuple]:
     """(what, setting, items per call, timed calls, draw) of each sampling benchmark of a family."""
     cfg = CASES[name][size].model
     params = FAMILIES[name].init(jax.random.key(0), cfg)
-    draw = lambda num, options: lambda: FAMILIES[name].sample(params, jax.random.key(1), num, cfg, options)  # noqa
+    draw = lambda num, options: lambda: FAMILIES[name].sample(  # noqa: E731
+        params, jax.random.key(1), num, cfg, options)
     if name == "diffusion":
         num = 64 if size == "cpu" else 256
         settings = ((("dpm++2m", 20), ("ddim", 50)) if quick else

@@ -1,9 +1,8 @@
-"""GPT validation-loss curves of genjax and the PyTorch reference, trained from the same weights on the
-same batches with the same update: experiments/gpt_text.py's defaults (batches, validation blocks, init
-key, optimizer; no dropout), in one process on one core, the two alternating in chunks. Checks first
-that both score the same at the start and that torch_ref's schedule is the rate genjax's optimizer
-applies. --control adds genjax from seed 1: the run-to-run spread "within noise" is measured against.
-Writes results/gpt_loss_curve.{json,md}.
+"""GPT validation-loss curves of genjax and the PyTorch reference from the same weights on the same
+batches with the same update (experiments/gpt_text.py's defaults: batches, validation blocks, init key,
+optimizer; no dropout), in one process on one core, alternating in chunks, after checking that both score
+the same at the start and that torch_ref's schedule is genjax's. --control adds genjax from seed 1: the
+run-to-run spread. Writes results/gpt_loss_curve.{json,md}.
 
     python -m benchmarks.gpt_loss_curve --control   # 2000 iterations each: ~9 min on 1 idle core
     python -m benchmarks.gpt_loss_curve --steps 200 --out /tmp/smoke    # smoke run (~1 min)
@@ -154,12 +153,10 @@ def run(steps: int, workdir: str, control: bool) -> dict:
     if control:
         spread = max(abs(r["genjax_val"] - r["control_val"]) for r in late)
         summary["max_abs_control_val_diff_from_500"] = spread
-    environment = {"python": platform.python_version(), **report.versions(("jax", "torch", "optax")),
-                   "machine": platform.processor() or platform.machine(),
-                   "cores_used": 1, "torch_threads": torch.get_num_threads(),
-                   "date": time.strftime("%Y-%m-%d")}
     return {
-        "environment": environment,
+        "environment": {"python": platform.python_version(), **report.versions(("jax", "torch", "optax")),
+                        "machine": platform.processor() or platform.machine(), "cores_used": 1,
+                        "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")},
         "setup": {"model": dataclasses.asdict(cfg), "train": dataclasses.asdict(tcfg), "params": n_params,
                   "vocab_size": data.tokenizer.vocab_size, "train_tokens": int(len(data.train)),
                   "val_tokens_scored": count, "eval_every": EVAL_EVERY,

@@ -83,14 +83,10 @@ def table(rows: Iterable[dict], columns: dict[str, str | Callable]) -> list[str]
 
 
 def train_rows(runs: list[dict], reference: str, unit: str) -> list[dict]:
-    """Every pinned run's train rows, flattened, with the speed ratio to `reference` ('-' without it)."""
-    rows = []
-    for r in runs:
-        ref = r["train"].get(reference, {}).get(f"{unit}_per_s")
-        for name, t in r["train"].items():
-            rows.append({**t, "threads": r["threads"], "name": name,
-                         "ratio": f"{t[f'{unit}_per_s'] / ref:.2f}x" if ref else "-"})
-    return rows
+    """The train rows of pinned runs (bench_gpt, bench_unet), with the speed ratio to `reference`."""
+    return [{**t, "threads": r["threads"], "name": name,
+             "ratio": f"{t[f'{unit}_per_s'] / r['train'][reference][f'{unit}_per_s']:.2f}x"}
+            for r in runs for name, t in r["train"].items()]
 
 
 def load_line(runs: list[dict]) -> str:

@@ -1,6 +1,5 @@
-"""Every measurement of benchmarks/: wall time of calls, matmul peaks, FLOPs from XLA, MFU, and workers
-(a benchmark in a fresh process, pinned to N cores before Python starts: XLA and torch size their thread
-pools from the affinity mask).
+"""Every measurement of benchmarks/: wall time of calls, matmul peaks, FLOPs, MFU, and workers (a benchmark
+in a fresh process pinned to N cores before Python starts: XLA and torch size their pools from that mask).
 
 FLOPs come from XLA's cost analysis of a step's HLO before optimization (a multiply-add counts 2), not
 of the compiled module: GPU backends hand convolutions, GEMMs and attention to cuDNN/cuBLAS custom calls,
@@ -113,8 +112,7 @@ def interleaved(runners: dict[str, Callable[[int], None]], reps: int, min_steps:
 def compare(runners: dict[str, tuple], reps: int, work: int, unit: str, min_steps: int = 1) -> dict:
     """Rows of interleaved timings of runners (run(k), compile seconds, FLOPs per step, peak GFLOP/s)
     doing `work` examples (or tokens) per step."""
-    times = interleaved({name: r[0] for name, r in runners.items()}, reps, min_steps)
-    rows = {}
+    times, rows = interleaved({name: r[0] for name, r in runners.items()}, reps, min_steps), {}
     for name, (_, compile_s, flops, peak) in runners.items():
         t, gflops = times[name], flops / times[name]["step_s"] / 1e9
         rows[name] = {"step_ms": 1e3 * t["step_s"], "step_ms_min": 1e3 * t["step_s_min"],
@@ -124,16 +122,23 @@ def compare(runners: dict[str, tuple], reps: int, work: int, unit: str, min_step
 
 
 def worker(module: str, args=(), cores: int = 0, timeout: float | None = None, **env) -> dict:
-    """What `python -m module --worker *args` printed last as `RESULT {json}`, run on the first `cores`
-    cores (0: all) with `env` added; raises RuntimeError with its output's tail if it failed."""
-    pin = sorted(os.sched_getaffinity(0))[:cores or None]
-    proc = subprocess.run([sys.executable, "-m", module, "--worker", *map(str, args)], capture_output=True,
+    """What `python -m module --worker *args`, run on the first `cores` cores (0: all) with `env` added,
+    printed last as `RESULT {json}`; RuntimeError with its output's tail if it failed."""
+    pin = sorted(os.sched_getaffinity(0))[:cores or None]  # pinned before any import, no fork of this process
+    start = (f"import os, runpy; os.sched_setaffinity(0, {pin}); "
+             f"runpy.run_module({module!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", start, "--worker", *map(str, args)], capture_output=True,
                           text=True, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
-                          timeout=timeout, preexec_fn=lambda: os.sched_setaffinity(0, pin))
+                          timeout=timeout)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-5000:])
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def result(out: dict) -> None:
+    """A worker's answer to `worker`."""
+    print("RESULT " + json.dumps(out))
 
 
 def pinned_runs(module: str, thread_counts, args=()) -> list[dict]:
@@ -149,11 +154,6 @@ def pinned_runs(module: str, thread_counts, args=()) -> list[dict]:
         except RuntimeError as e:
             raise SystemExit(f"{e}\n{module}: the worker for {threads} threads failed (its output is above)")
     return runs
-
-
-def result(out: dict) -> None:
-    """A worker's answer to `worker`."""
-    print("RESULT " + json.dumps(out))
 
 
 def pinned_result(threads: int, measure: Callable[[], dict]) -> None:
