@@ -315,9 +315,9 @@ def test_resuming_from_other_weights_is_refused(lora_run, tmp_path, tmp_path_fac
 def test_memory_benchmark_on_a_tiny_model():
     from benchmarks import lora_memory
 
-    full = lora_memory.measure("full", CFG, None, 2, 8)
-    small = lora_memory.measure("lora", CFG, ALL, 2, 8)
+    cfg = dataclasses.replace(CFG, n_layer=1)
+    full, small = (lora_memory.measure(name, cfg, c, 2, 8) for name, c in (("full", None), ("lora", ALL)))
     assert full["frozen_bytes"] == 0 and small["frozen_bytes"] == full["trained_bytes"]
     assert small["optimizer_bytes"] < full["optimizer_bytes"] / 2
-    assert small["trained_params"] == lora.num_params(lora.init_adapters(jax.random.key(0), _params(), ALL))
-    assert full.get("argument_size_in_bytes", 1) > 0
+    assert small["trained_params"] < full["trained_params"]
+    assert full["argument_size_in_bytes"] >= full["trained_bytes"] + full["optimizer_bytes"]
