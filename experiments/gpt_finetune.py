@@ -178,7 +178,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         raise ConfigError(f"seq_len={config.seq_len} must be in [1, {model_cfg.block_size}] (the model's "
                           "context; 0: all of it)")
     if config.lora.rank:
-        config.lora.validate(base)  # the targets against the init's kernels
+        config.lora.validate_for(base)  # the targets against the init's kernels
     corpus = text_data.load_corpus(config.data, config.data_dir or None)
     train_ids, val_ids, chars_per_token = tokenize(corpus, tok, config)
     config = dataclasses.replace(config, model=model_cfg, init_sha256=fingerprint(base, init_cfg),

@@ -48,9 +48,7 @@ class LoraConfig:
     def scale(self) -> float:
         return self.alpha / self.rank
 
-    def validate(self, params=None):
-        """Checks the values; with `params` also that rank >= 1, that every target selects a kernel and
-        that the rank fits the kernels it adapts."""
+    def validate(self):
         if self.rank < 0:
             raise ConfigError(f"lora.rank={self.rank} must be >= 1 (or 0: no adapters, full fine-tuning)")
         if not self.alpha > 0:
@@ -58,8 +56,11 @@ class LoraConfig:
         if not self.targets or any(not t.strip("/") for t in self.targets):
             raise ConfigError(f"lora.targets={','.join(self.targets)!r} needs non-empty kernel patterns, "
                               f"e.g. {','.join(DEFAULT_TARGETS)}")
-        if params is None:
-            return
+
+    def validate_for(self, params):
+        """`validate`, and that rank >= 1, every target selects a kernel of `params` and the rank fits
+        the kernels it adapts."""
+        self.validate()
         if self.rank < 1:
             raise ConfigError(f"lora.rank={self.rank} makes no adapters: use >= 1 (rank 0: full fine-tuning)")
         for name, w in select(params, self.targets).items():
@@ -112,7 +113,7 @@ def select(params, targets) -> dict[str, jax.Array]:
 def init_adapters(key: jax.Array, params, cfg: LoraConfig) -> dict:
     """Adapters for the kernels `cfg.targets` select, nested like `params` ({'kernel': {'a', 'b'}}):
     A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's default), B = 0, so the merged model starts as the base."""
-    cfg.validate(params)
+    cfg.validate_for(params)
     adapters: dict = {}
     for i, (name, w) in enumerate(select(params, cfg.targets).items()):
         *lead, n_in, n_out = w.shape
