@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from experiments import gpt_finetune, gpt_text
-from genjax import checkpoint, config as config_lib, log, lora, loop, sample as sample_cli
+from genjax import checkpoint, config as config_lib, log, lora, loop, parallel, sample as sample_cli
 from genjax.config import ConfigError
 from genjax.models import hf, transformer
 from genjax.nn.attention import Dense
@@ -146,6 +146,29 @@ def test_only_the_adapters_are_in_the_optimizer_state(trained):
     n_opt = sum(x.size for x in jax.tree.leaves(state.opt_state))
     assert n_opt == 2 * lora.num_params(state.params) + 1  # two moments per adapter weight + Adam's count
     assert lora.num_params(state.params) < transformer.num_params(state.base) / 2
+
+
+def test_lora_step_on_a_data_fsdp_model_mesh_matches_one_device(devices8, monkeypatch):
+    """The loop's placement and compiled step with lora.model_rules: base, adapters and moments split over
+    fsdp and model (heads), the same three steps as on one device."""
+    monkeypatch.setattr(parallel, "FSDP_MIN_SIZE", 64)  # so that the tiny model is really split
+    params, tx = _params(), optax.adam(1e-2)
+    step = lora.make_step(functools.partial(transformer.loss, cfg=CFG), tx, ALL)
+    batch = {"tokens": np.asarray(_tokens(batch=8))}
+    out = []
+    for mesh in (parallel.make_mesh(devices=devices8[:1]), parallel.make_mesh(2, devices=devices8, model=2)):
+        adapters = lora.init_adapters(jax.random.key(1), params, ALL)
+        state, shardings = loop.place_state(lora.init_state(jax.random.key(2), params, adapters, tx), mesh,
+                                            lora.model_rules(transformer.MODEL_RULES))
+        compiled = loop.compile_step(step, shardings, mesh)
+        for _ in range(3):
+            state, _ = compiled(state, parallel.global_batch(batch, mesh))
+        out.append((state, shardings))
+    (one, _), (split, shardings) = out
+    b = shardings.params["blocks"]["layer_0"]["block"]["attn"]["qkv"]["kernel"]["b"]
+    assert b.spec[-1] == "model" and "fsdp" in shardings.base["wte"].spec
+    chex.assert_trees_all_close(*jax.device_get((split.params, one.params)), rtol=1e-4, atol=2e-5)
+    chex.assert_trees_all_equal(jax.device_get(split.base), jax.tree.map(np.asarray, params))
 
 
 def test_lora_config_errors_are_one_line():
