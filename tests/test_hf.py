@@ -158,6 +158,17 @@ def test_pytorch_bin_and_sharded_safetensors_give_the_same_params(saved, tmp_pat
         jax.tree.map(np.testing.assert_array_equal, other, params)
 
 
+def test_gpt2_hub_names_and_mask_buffers(saved, tmp_path):
+    """The hub's gpt2 files name the body without `transformer.` and store each layer's causal mask."""
+    from safetensors.numpy import load_file, save_file
+
+    path = copy_checkpoint(saved, "gpt2", tmp_path / "hub")
+    state = {k.removeprefix("transformer."): v for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
+    state.update({f"h.{i}.attn.bias": np.tril(np.ones((1, 1, 128, 128), np.float32)) for i in range(2)})
+    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    jax.tree.map(np.testing.assert_array_equal, hf.load_pretrained(path)[0], hf.load_pretrained(saved["gpt2"][0])[0])
+
+
 def test_overrides_and_scan_layers(saved):
     path, model = saved["llama"]
     params, cfg, _ = hf.load_pretrained(path, scan_layers=True, block_size=64)
@@ -313,7 +324,10 @@ def test_tokenizer_larger_than_the_embedding_is_refused(saved, tmp_path, bpe):
 def test_torch_pickle_without_torch_and_hub_names_offline(saved, tmp_path, monkeypatch):
     path = copy_checkpoint(saved, "gpt2", tmp_path / "bin")
     os.remove(os.path.join(path, "model.safetensors"))
-    torch.save(saved["gpt2"][1].state_dict(), os.path.join(path, "pytorch_model.bin"))
+    state = saved["gpt2"][1].state_dict()  # with the tied head under both names
+    assert "lm_head.weight" in state
+    torch.save(state, os.path.join(path, "pytorch_model.bin"))
+    jax.tree.map(np.testing.assert_array_equal, hf.load_pretrained(path)[0], hf.load_pretrained(saved["gpt2"][0])[0])
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "torch", None)
         with pytest.raises(ConfigError, match="pytorch_model.bin is a PyTorch pickle: reading it needs torch") as e:

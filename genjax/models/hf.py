@@ -349,7 +349,10 @@ class _Tensors:
                     raise ConfigError(f"{path} is a PyTorch pickle: reading it needs torch (pip install torch), "
                                       "or convert the checkpoint to model.safetensors") from None
                 try:
-                    self._open[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                    try:  # memory-mapped: tensors are read as they are converted
+                        self._open[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                    except RuntimeError:  # files from before torch's zipfile format cannot be mapped
+                        self._open[path] = torch.load(path, map_location="cpu", weights_only=True)
                 except Exception as e:
                     raise ConfigError(f"{path} cannot be read by torch.load ({str(e).splitlines()[0]})") from None
         return self._open[path]
@@ -374,8 +377,10 @@ class _Tensors:
         self.used.add(name)
         return np.asarray(x, np.float32)
 
-    def unused(self) -> list[str]:
-        return sorted(n for n in set(self.files) - self.used if not n.endswith(BUFFERS))
+    def unused(self, tied: bool) -> list[str]:
+        # A tied head may still be stored (a torch state_dict holds it under both names): the embedding.
+        skip = {"lm_head.weight"} if tied else set()
+        return sorted(n for n in set(self.files) - self.used - skip if not n.endswith(BUFFERS))
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -544,8 +549,8 @@ def load_pretrained(path_or_name: str, **overrides) -> tuple[dict, transformer.C
                 _set(layer, entry.path, read(entry, _layer_prefix(arch, i)))
         layers.append(layer)
     params["blocks"] = _stack_layers(layers, cfg)
-    if tensors.unused():
-        extra = tensors.unused()
+    extra = tensors.unused(cfg.tie_embeddings)
+    if extra:
         raise ConfigError(f"{directory}: tensor {extra[0]!r} (and {len(extra) - 1} more) is not part of the "
                           f"{arch} model its config.json describes")
     if _shapes(params) != _shapes(abstract):  # a table out of step with genjax's modules: a bug, not bad input
