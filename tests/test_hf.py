@@ -293,9 +293,9 @@ def test_missing_misshapen_or_extra_tensors_are_refused(saved, tmp_path):
     tensors = load_file(os.path.join(saved["gpt2"][0], "model.safetensors"))
     name = "transformer.h.1.attn.c_attn.weight"
     broken = {
-        "shape": ({**tensors, name: tensors[name][:, :90]}, f"tensor '{name}' has shape \\(32, 90\\), but config.json "
-                                                              "implies \\(32, 96\\)"),
-        "missing": ({k: v for k, v in tensors.items() if k != name}, f"no tensor 'h.1.attn.c_attn.weight'"),
+        "shape": ({**tensors, name: tensors[name][:, :90]},
+                  f"tensor '{name}' has shape \\(32, 90\\), but config.json implies \\(32, 96\\)"),
+        "missing": ({k: v for k, v in tensors.items() if k != name}, "no tensor 'h.1.attn.c_attn.weight'"),
         "extra": ({**tensors, "transformer.h.2.ln_1.weight": tensors["transformer.h.1.ln_1.weight"]},
                   "tensor 'h.2.ln_1.weight' .* is not part of the gpt2 model"),
     }

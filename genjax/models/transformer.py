@@ -176,7 +176,8 @@ class _Layer(nn.Module):
     def __call__(self, x, cache, positions, cache_index, start):
         c = self.cfg
         return Block(
-            n_head=c.n_head, d_ff=c.ff_width, n_kv_head=c.n_kv_head, norm=c.norm, norm_eps=c.norm_eps, mlp=c.mlp, use_bias=c.bias, dropout=c.dropout,
+            n_head=c.n_head, d_ff=c.ff_width, n_kv_head=c.n_kv_head, norm=c.norm, norm_eps=c.norm_eps, mlp=c.mlp,
+            use_bias=c.bias, dropout=c.dropout,
             use_rope=c.pos == "rope", rope_base=c.rope_base, out_std=residual_std(c.n_layer),
             implementation=c.attention, dtype=c.compute_dtype, name="block",
         )(x, positions, cache, cache_index, start, self.deterministic)
