@@ -72,7 +72,7 @@ class Config:
 
 
 SIZES = {
-    "digits": Config(),  # 8x8x1, MLP encoder and decoder
+    "digits": Config(prior="mog"),  # 8x8x1, MLP encoder and decoder, a learned 10-component prior
     "mnist": Config(arch="conv", image_shape=(28, 28, 1), latent_dim=32, channels=(32, 64)),
     "cifar10": Config(arch="conv", image_shape=(32, 32, 3), latent_dim=128, channels=(128, 256, 512),
                       likelihood="gaussian"),
