@@ -40,20 +40,13 @@ def train_rows(ref, peaks: dict, reps: int) -> dict:
     return timing.compare(runners, reps, tokens, "tokens", min_steps=2)
 
 
-def model(ref, ctx: int) -> tuple:
-    """(config, params, the torch copy in eval mode, generate(prompt, k): k new tokens) at context `ctx`."""
-    cfg = cases.gpt(block_size=ctx)
-    params = transformer.init(jax.random.key(2), cfg)
-    generate = lambda prompt, k: transformer.generate(  # noqa: E731
-        params, jax.random.key(3), prompt, None, k, cfg)[0].block_until_ready()
-    return cfg, params, ref.GPT(cfg, params).eval(), generate
-
-
 def generation(ref, ctx: int, quick: bool) -> dict:
     """500 new tokens at batch 1 from genjax's KV cache, and from no-cache loops: genjax's jitted forward on
     the context padded to a multiple of 64, and torch's nanoGPT generate."""
-    cfg, params, torch_model, generate = model(ref, ctx)
-    kv = lambda: generate(np.zeros((1, 1), np.int32), NEW_TOKENS)  # noqa: E731
+    cfg = cases.gpt(block_size=ctx)
+    params = transformer.init(jax.random.key(2), cfg)
+    kv = lambda: transformer.generate(params, jax.random.key(3), np.zeros((1, 1), np.int32), None,  # noqa
+                                      NEW_TOKENS, cfg)[0].block_until_ready()
     next_token = jax.jit(lambda p, window, n, key: jax.random.categorical(
         key, transformer.forward(p, window, cfg)[0, n - 1]))
 
@@ -70,29 +63,29 @@ def generation(ref, ctx: int, quick: bool) -> dict:
     row = {"kv_compile_s": timing.once(kv)[1]}
     row["kv_cache_tokens_per_s"] = NEW_TOKENS / timing.median_time(kv, 1 if quick else 3)
     row["recompute_tokens_per_s"] = NEW_TOKENS / timing.median_time(recompute, 1)
-    row["speedup_vs_recompute"] = row["kv_cache_tokens_per_s"] / row["recompute_tokens_per_s"]
-    idx = ref.torch.zeros((1, 1), dtype=ref.torch.long)
+    model, idx = ref.GPT(cfg, params).eval(), ref.torch.zeros((1, 1), dtype=ref.torch.long)
     row["torch_recompute_tokens_per_s"] = NEW_TOKENS / timing.median_time(
-        lambda: torch_model.generate(idx, NEW_TOKENS), 1)
-    row["speedup_vs_torch"] = row["kv_cache_tokens_per_s"] / row["torch_recompute_tokens_per_s"]
-    return row
+        lambda: model.generate(idx, NEW_TOKENS), 1)
+    return {**row, "speedup_vs_recompute": row["kv_cache_tokens_per_s"] / row["recompute_tokens_per_s"],
+            "speedup_vs_torch": row["kv_cache_tokens_per_s"] / row["torch_recompute_tokens_per_s"]}
 
 
 def token_cost(ref, ctx: int) -> dict:
     """A new token's cost at context `ctx`: KV-cache decode ((time for n + 1 tokens - time for 1) / n from a
     prompt of half the context, no window slide) against a full forward of the context."""
-    (cfg, params, torch_model, generate), n = model(ref, ctx), ctx // 2 - 8
-    prompt, window = np.zeros((1, ctx // 2), np.int32), np.zeros((1, ctx), np.int32)
-    forward = jax.jit(functools.partial(transformer.forward, cfg=cfg))
-    t1, tn = (timing.median_time(lambda: generate(prompt, k), 7) for k in (1, n + 1))
+    cfg, n = cases.gpt(block_size=ctx), ctx // 2 - 8
+    params, prompt = transformer.init(jax.random.key(2), cfg), np.zeros((1, ctx // 2), np.int32)
+    gen = lambda k: transformer.generate(  # noqa: E731
+        params, jax.random.key(3), prompt, None, k, cfg)[0].block_until_ready()
+    forward, window = jax.jit(functools.partial(transformer.forward, cfg=cfg)), np.zeros((1, ctx), np.int32)
+    t1, tn = timing.median_time(lambda: gen(1), 7), timing.median_time(lambda: gen(n + 1), 7)
     full_s = timing.median_time(lambda: forward(params, window).block_until_ready())
     row = {"kv_decode_ms_per_token": 1e3 * (tn - t1) / n, "prefill_ms": 1e3 * t1, "new_tokens": n,
            "recompute_ms_per_token": 1e3 * full_s}
-    row["ratio"] = row["recompute_ms_per_token"] / row["kv_decode_ms_per_token"]
+    model, tokens = ref.GPT(cfg, params).eval(), ref.torch.zeros((1, ctx), dtype=ref.torch.long)
     with ref.torch.no_grad():
-        tokens = ref.torch.zeros((1, ctx), dtype=ref.torch.long)
-        row["torch_recompute_ms_per_token"] = 1e3 * timing.median_time(lambda: torch_model(tokens))
-    return row
+        row["torch_recompute_ms_per_token"] = 1e3 * timing.median_time(lambda: model(tokens))
+    return {**row, "ratio": row["recompute_ms_per_token"] / row["kv_decode_ms_per_token"]}
 
 
 def measure(threads: int, quick: bool) -> dict:

@@ -119,9 +119,6 @@ class UNet(Twin):
         super().__init__(params, cfg.num_groups)
         self.cfg, self.levels = cfg, len(cfg.channel_mults)
 
-    def padded(self, size: int) -> int:
-        return -(-size // 2 ** (self.levels - 1)) * 2 ** (self.levels - 1)
-
     def attention(self, m, x):
         b, c, h, w = x.shape
         q, k, v = m.qkv(m.norm(x).reshape(b, c, h * w).transpose(1, 2)).chunk(3, dim=-1)
@@ -136,7 +133,7 @@ class UNet(Twin):
 
     def forward(self, x, t, labels=None):
         (B, _, H, W), half, mod = x.shape, self.cfg.channels // 2, self._modules
-        ph, pw = self.padded(H) - H, self.padded(W) - W
+        ph, pw = -H % 2 ** (self.levels - 1), -W % 2 ** (self.levels - 1)  # padded to a multiple of this
         h = self.conv_in(F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)))
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / max(half - 1, 1))
         args = (torch.broadcast_to(torch.as_tensor(t), (B,)).float() * 1000.0)[:, None] * freqs[None]
