@@ -67,10 +67,11 @@ def check_workdir(config, workdir: str, *, experiment: str) -> None:
     checkpoints = os.path.join(workdir, "checkpoints")
     if not (os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))):
         return  # nothing to resume: the new config replaces the old one
-    allowed = set(RESUMABLE) | set(getattr(config, "RESUMABLE", ())) | set(getattr(config, "DERIVED", ()))
+    allowed = (*RESUMABLE, *getattr(config, "RESUMABLE", ()), *getattr(config, "DERIVED", ()))
     saved = config_lib.flatten(config_lib.from_dict(type(config), record["config"]))
     for key, value in config_lib.flatten(config).items():
-        if key not in allowed and saved.get(key) != value:
+        # an allowed name covers the field itself and, for a nested config such as `sample`, all of it
+        if not any(key == a or key.startswith(a + ".") for a in allowed) and saved.get(key) != value:
             raise ConfigError(
                 f"--workdir {workdir} holds a run trained with {key}={saved.get(key)!r}, not {value!r}: resuming "
                 f"cannot change its {_kind(key)}. Rerun with --config {path} (plus --train.steps to extend it) "

@@ -12,9 +12,11 @@ import shutil
 
 import jax
 import optax
+import pytest
 
 from experiments import diffusion_digits, gpt_text, vae_digits
 from genjax import checkpoint, config as config_lib, experiment, log, sample as sample_cli, train
+from genjax.config import ConfigError
 
 # Settings of the shared runs. vae: cosine schedule (the default); diffusion: conditional, 8 simulated
 # devices (conftest), EMA; gpt: a small corpus so that data preparation and evaluation are quick.
@@ -139,6 +141,19 @@ def test_resume_with_another_schedule_is_refused_and_writes_nothing(tmp_path, tm
     assert "train.schedule='cosine'" in line and "'constant'" in line, line
     assert "cannot change its optimizer, schedule or batch" in line, line
     assert tree(workdir) == before
+
+
+def test_resumable_names_cover_nested_options(tmp_path):
+    """A RESUMABLE entry naming a nested config (gpt_text's `sample`) lets every field under it change
+    on resume; a model field still may not."""
+    workdir = str(tmp_path / "run")
+    base = gpt_text.Config()
+    config_lib.save(base, workdir, experiment="gpt_text", family="transformer")
+    os.makedirs(os.path.join(workdir, "checkpoints", "10"))
+    longer = config_lib.override(base, {"sample.length": str(base.sample.length + 5)})
+    experiment.check_workdir(longer, workdir, experiment="gpt_text")  # no error
+    with pytest.raises(ConfigError, match="model.n_layer"):
+        experiment.check_workdir(config_lib.override(base, {"model.n_layer": "7"}), workdir, experiment="gpt_text")
 
 
 def test_text_run_in_an_image_workdir_writes_nothing(tmp_path, tmp_path_factory, capsys):
