@@ -1,8 +1,7 @@
 """Sample quality and speed of a trained image run per sampler and step count: Frechet distance, KID,
 precision and recall of `--num` samples to the training images in the dataset's frozen feature classifier
 (the experiments' metric), the predicted-class balance, and samples/s of the compiled sampler after a
-warm-up call.
-Families without samplers (VAE, GAN) get one row. Writes WORKDIR/sampler_quality.{json,md}.
+warm-up call. Families without samplers (VAE, GAN) get one row. Writes WORKDIR/sampler_quality.{json,md}.
 
     python -m benchmarks.sampler_quality runs/diffusion_digits [--num 1000] [--settings dpm++2m:10,ddim:50]
 """
