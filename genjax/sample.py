@@ -66,6 +66,10 @@ def load_run(workdir: str, use_ema: bool = True):
     expected = jax.eval_shape(lambda key: family.init(key, model_cfg), jax.random.key(0))
     shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)  # noqa: E731
     if shapes(params) != shapes(expected):
+        merged = os.path.join(workdir, "merged")
+        if os.path.exists(os.path.join(merged, "config.json")):  # e.g. gpt_finetune's LoRA runs
+            raise ConfigError(f"{workdir} trains adapters, not the whole model: sample its merged model, "
+                              f"python -m genjax.sample {merged}")
         raise ConfigError(f"the checkpoint at step {step} in {workdir} does not match its config.json (another "
                           "model, or a checkpoint format older than this genjax); retrain or use the run's genjax")
     return family, model_cfg, params, step

@@ -267,6 +267,9 @@ def test_merged_model_samples_and_is_a_valid_init(lora_run, tmp_path, tmp_path_f
     assert sample_cli.main([str(run / "merged"), "--prompt", "the", "--length", "6"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("the") and set(out) <= set(open(corpus(tmp_path_factory)).read()) | {"\n"}
+    # the LoRA workdir itself holds adapters: the CLI points to its merged model in one line
+    assert sample_cli.main([str(run), "--length", "4"]) == 2
+    assert f"python -m genjax.sample {run / 'merged'}" in capsys.readouterr().err
     # full fine-tuning (rank 0) from the merged model: every weight trains; the workdir itself samples too
     full = _finetune(tmp_path / "full", str(run / "merged"), tmp_path_factory,
                      **{"train.steps": "2", "lora.rank": "0"})
