@@ -18,6 +18,12 @@ Priors: `standard` N(0, I) (the KL in closed form), or `mog`, a mixture of `prio
 Gaussians learned with the model (params['prior']; the KL is then the one-sample Monte Carlo estimate
 log q(z|x) - log p(z)). A learned prior can follow the aggregate posterior, so prior samples land where the
 decoder was trained instead of in the holes between the classes that N(0, I) leaves.
+
+Latents: a vector of `latent_dim`, or with `latent_channels` > 0 (arch `conv`) a spatial map
+(H / 2^stages, W / 2^stages, latent_channels), `cfg.latent_shape`, the KL-regularized autoencoder of
+latent diffusion (Stable Diffusion's KL-f8 at a small `beta`): 8x8x1 digits with channels (64,) -> 4x4xC,
+28x28x1 with channels (32, 64) -> 7x7xC. `encode` returns maps of that shape and `decode` takes them (or
+the same numbers flattened); the densities treat the map as one vector of prod(latent_shape) numbers.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from genjax.config import ConfigError, check_choices
-from genjax.nn.convnet import ConvDecoder, ConvEncoder
+from genjax.nn.convnet import ConvDecoder, ConvEncoder, downsampled
 from genjax.nn import init_params
 from genjax.nn.mlp import MLP
 
@@ -44,6 +50,7 @@ class Config:
     arch: Literal["mlp", "conv"] = "mlp"
     image_shape: tuple[int, ...] = (8, 8, 1)
     latent_dim: int = 16
+    latent_channels: int = 0  # > 0: a spatial latent (H / 2^stages, W / 2^stages, C), arch conv
     hidden: tuple[int, ...] = (256, 256)  # MLP widths (mirrored in the decoder)
     channels: tuple[int, ...] = (32, 64)  # conv channels per stride-2 stage
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
@@ -66,9 +73,31 @@ class Config:
             raise ConfigError(f"model.prior_components={self.prior_components} must be >= 1")
         if self.iwae_samples < 1 or self.kl_warmup_steps < 0:
             raise ConfigError("model.iwae_samples must be >= 1 and model.kl_warmup_steps >= 0")
+        if self.latent_channels < 0:
+            raise ConfigError(f"model.latent_channels={self.latent_channels} must be >= 0 (0: a flat latent)")
+        if self.latent_channels and (self.arch != "conv" or self.prior != "standard"):
+            raise ConfigError(f"model.latent_channels={self.latent_channels} (a spatial latent) needs "
+                              "model.arch=conv and model.prior=standard")
         if self.arch == "conv" and not self.channels or self.arch == "mlp" and not self.hidden:
             raise ConfigError(f"model.arch={self.arch!r} needs at least one width "
                               f"(model.{'channels' if self.arch == 'conv' else 'hidden'})")
+
+    @property
+    def spatial(self) -> bool:
+        return self.latent_channels > 0
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """(latent_dim,), or (H / 2^stages, W / 2^stages, latent_channels) for a spatial latent."""
+        if not self.spatial:
+            return (self.latent_dim,)
+        stages = len(self.channels)
+        h, w, _ = self.image_shape
+        return (downsampled(h, stages), downsampled(w, stages), self.latent_channels)
+
+    @property
+    def latent_size(self) -> int:
+        return math.prod(self.latent_shape)
 
 
 SIZES = {
@@ -76,6 +105,11 @@ SIZES = {
     "mnist": Config(arch="conv", image_shape=(28, 28, 1), latent_dim=32, channels=(32, 64)),
     "cifar10": Config(arch="conv", image_shape=(32, 32, 3), latent_dim=128, channels=(128, 256, 512),
                       likelihood="gaussian"),
+    # autoencoders for latent diffusion: spatial latents, Gaussian decoders, a light KL (Stable Diffusion's
+    # KL-f8 recipe at these sizes); 8x8x1 -> 4x4x2 and 28x28x1 -> 7x7x4
+    "digits-latent": Config(arch="conv", channels=(64,), latent_channels=2, likelihood="gaussian", beta=0.1),
+    "mnist-latent": Config(arch="conv", image_shape=(28, 28, 1), channels=(32, 64), latent_channels=4,
+                           likelihood="gaussian", beta=0.1),
 }
 
 
@@ -98,8 +132,9 @@ class VAE(nn.Module):
             self.encoder = MLP((*cfg.hidden, 2 * cfg.latent_dim), dtype=dtype)
             self.decoder = MLP((*reversed(cfg.hidden), pixels), dtype=dtype)
         else:
-            self.encoder = ConvEncoder(cfg.channels, 2 * cfg.latent_dim, dtype=dtype)
-            self.decoder = ConvDecoder(cfg.channels, cfg.image_shape, dtype=dtype)
+            width = cfg.latent_shape[-1]
+            self.encoder = ConvEncoder(cfg.channels, 2 * width, dtype=dtype, spatial=cfg.spatial)
+            self.decoder = ConvDecoder(cfg.channels, cfg.image_shape, dtype=dtype, spatial=cfg.spatial)
         if cfg.likelihood == "gaussian":
             self.log_scale = self.param("log_scale", nn.initializers.constant(-1.0), ())
         if cfg.prior == "mog":  # components start spread like N(0, I) samples, unit variance, equal weights
@@ -116,6 +151,8 @@ class VAE(nn.Module):
         return mean, logvar
 
     def decode(self, z):
+        if self.cfg.spatial:
+            z = z.reshape(z.shape[0], *self.cfg.latent_shape)
         out = self.decoder(z).astype(jnp.float32)
         return out.reshape(z.shape[0], *self.cfg.image_shape)
 
@@ -135,15 +172,27 @@ def _module(cfg: Config) -> VAE:
 
 def init(key: jax.Array, cfg: Config) -> dict:
     cfg.validate()
-    return init_params(_module(cfg), key, jnp.zeros((1, *cfg.image_shape)), jnp.zeros((1, cfg.latent_dim)))
+    return init_params(_module(cfg), key, jnp.zeros((1, *cfg.image_shape)), jnp.zeros((1, *cfg.latent_shape)))
 
 
 def encode(params, x, cfg):
+    """(mean, logvar) of q(z|x), each (B, *cfg.latent_shape)."""
     return _module(cfg).apply({"params": params}, x, method=VAE.encode)
 
 
 def decode(params, z, cfg):
+    """Decoder outputs (logits or means) (B, H, W, C) for z (B, *cfg.latent_shape) or (B, latent_size)."""
     return _module(cfg).apply({"params": params}, z, method=VAE.decode)
+
+
+def _flat(x):
+    return x.reshape(x.shape[0], -1)
+
+
+def encode_flat(params, x, cfg):
+    """(mean, logvar) of q(z|x) as vectors (B, cfg.latent_size): what the densities work on."""
+    mean, logvar = encode(params, x, cfg)
+    return _flat(mean), _flat(logvar)
 
 
 # ----------------------------------------------------------------------------- densities
@@ -178,7 +227,7 @@ def kl_term(params, z, mean, logvar, cfg):
 def prior_sample(params, key, num: int, cfg, temperature=1.0):
     """z ~ p(z) with every component's spread scaled by `temperature`."""
     if cfg.prior == "standard":
-        return temperature * jax.random.normal(key, (num, cfg.latent_dim))
+        return temperature * jax.random.normal(key, (num, cfg.latent_size))
     p = _module(cfg).apply({"params": params}, method=VAE.prior_params)
     k_pick, k_noise = jax.random.split(key)
     pick = jax.random.categorical(k_pick, p["logits"], shape=(num,))
@@ -210,7 +259,7 @@ def targets(x, key, cfg):
 
 def elbo(params, x, key, cfg):
     """Per-example ELBO terms (log p(x|z) at one reparameterized z, KL) for already-binarized x."""
-    mean, logvar = encode(params, x, cfg)
+    mean, logvar = encode_flat(params, x, cfg)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
     recon = log_likelihood(params, x, decode(params, z, cfg), cfg)
     return recon, kl_term(params, z, mean, logvar, cfg)
@@ -233,7 +282,7 @@ def iwae_bound(params, x, key, cfg, k: int = 64):
 
     Its negative is the usual IWAE estimate of the NLL; at k=1 it is the ELBO in expectation.
     """
-    mean, logvar = encode(params, x, cfg)
+    mean, logvar = encode_flat(params, x, cfg)
     eps = jax.random.normal(key, (k, *mean.shape))
     z = mean + jnp.exp(0.5 * logvar) * eps  # (k, B, D)
 
@@ -296,8 +345,8 @@ def slerp(a, b, t):
 
 def interpolate(params, image_a, image_b, num: int, cfg: Config, method: str = "slerp") -> jax.Array:
     """`num` images decoded along the latent path between the posterior means of two images."""
-    za, _ = encode(params, image_a[None], cfg)
-    zb, _ = encode(params, image_b[None], cfg)
+    za, _ = encode_flat(params, image_a[None], cfg)
+    zb, _ = encode_flat(params, image_b[None], cfg)
     t = jnp.linspace(0.0, 1.0, num)[:, None]
     z = slerp(za, zb, t) if method == "slerp" else (1 - t) * za + t * zb
     return mean_image(params, decode(params, z, cfg), cfg)
