@@ -39,7 +39,7 @@ class Config:
         steps=10000, batch_size=128, lr=2e-3, schedule="cosine", warmup_steps=100,
         log_every=100, eval_every=2500, sample_every=2500, ckpt_every=2500,
     )
-    model: vae.Config = vae.Config(kl_warmup_steps=500)
+    model: vae.Config = dataclasses.replace(vae.SIZES["digits"], kl_warmup_steps=500)
 
 
 def train_and_evaluate(config: Config, workdir: str) -> dict:
