@@ -45,6 +45,10 @@ def _tiny(name, family):
     if name == "diffusion":
         return dataclasses.replace(family.SIZES["digits"], channels=8, num_groups=4, num_classes=3,
                                    channel_mults=(1,), attn_resolutions=(), timesteps=50), images
+    if name == "latent_diffusion":  # 8x8x1 -> 4x4x1 latents
+        return dataclasses.replace(family.SIZES["digits"], ae_channels=(8,), ae_latent_channels=1, channels=8,
+                                   num_groups=4, num_classes=3, channel_mults=(1,), attn_resolutions=(),
+                                   timesteps=50), images
     return family.SIZES["digits"], images
 
 
@@ -80,7 +84,7 @@ def test_names_and_configs(family):
 def test_bad_config_is_a_config_error(family):
     name, fam = family
     field = {"transformer": "n_layer", "gan": "latent_dim", "vae": "latent_dim", "diffusion": "channels",
-             "example": "min_std"}[name]
+             "latent_diffusion": "channels", "example": "min_std"}[name]
     with pytest.raises(ConfigError, match=f"model.{field}"):
         dataclasses.replace(fam.SIZES[next(iter(fam.SIZES))], **{field: 0}).validate()
 
