@@ -18,7 +18,7 @@ import numpy as np
 
 from genjax.config import ConfigError
 
-FAMILIES = ("vae", "gan", "diffusion", "transformer")
+FAMILIES = ("vae", "gan", "diffusion", "transformer", "latent_diffusion")
 CONTRACT = ("Config", "SIZES", "init", "SampleOptions", "sample", "evaluate")
 
 
