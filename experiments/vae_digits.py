@@ -2,7 +2,7 @@
 
     python experiments/vae_digits.py --workdir runs/vae_digits
     python experiments/vae_digits.py --workdir runs/vae_mnist --data ../shared/datasets/mnist-5k \\
-        --config experiments/configs/vae_mnist.json
+        --model.arch conv --model.latent_dim 32
     python -m genjax.sample runs/vae_digits --num 64 --out samples.png
 
 Trains the ELBO with a KL warm-up, evaluates the held-out ELBO and the IWAE NLL (model.iwae_samples
