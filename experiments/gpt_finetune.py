@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 from typing import ClassVar
 
@@ -105,12 +104,7 @@ def load_init(path: str):
 def fingerprint(params, cfg: transformer.Config) -> str:
     """SHA-256 of the architecture (the config without its compute settings) and every weight's bytes."""
     arch = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in TUNABLE}
-    h = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        x = np.ascontiguousarray(jax.device_get(x))
-        h.update(f"{jax.tree_util.keystr(path)} {x.dtype} {x.shape}".encode())
-        h.update(x.tobytes())
-    return h.hexdigest()
+    return checkpoint.fingerprint(params, arch)
 
 
 def tokenize(text: str, tok, config: Config) -> tuple[np.ndarray, np.ndarray, float]:

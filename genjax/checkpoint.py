@@ -18,6 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from genjax.config import ConfigError
@@ -376,3 +378,14 @@ def restore_raw(directory: str, step: int | None = None) -> tuple[int, dict]:
                  f"({e if isinstance(e, _Damaged) else _one_line(e)})")
     raise CheckpointError(f"no checkpoint in {directory} can be restored (tried steps "
                           f"{', '.join(map(str, tried))})")
+
+
+def fingerprint(params, arch: dict) -> str:
+    """SHA-256 of `arch` (a JSON-able description) and every leaf's path, dtype, shape and bytes: what a
+    run built on frozen weights records, so resuming it on other weights is refused."""
+    h = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        x = np.ascontiguousarray(jax.device_get(x))
+        h.update(f"{jax.tree_util.keystr(path)} {x.dtype} {x.shape}".encode())
+        h.update(x.tobytes())
+    return h.hexdigest()

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 from typing import Literal
 
 import jax
@@ -32,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from genjax import train
+from genjax import checkpoint, train
 from genjax.config import ConfigError, check_choices
 from genjax.models import cycle_labels, diffusion, vae
 
@@ -144,12 +142,7 @@ def init(key: jax.Array, cfg: Config) -> dict:
 def fingerprint(params, cfg: Config) -> str:
     """SHA-256 of the autoencoder's architecture and every byte of its weights (`params` its params)."""
     arch = {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("ae_") or k == "image_shape"}
-    h = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        x = np.ascontiguousarray(jax.device_get(x))
-        h.update(f"{jax.tree_util.keystr(path)} {x.dtype} {x.shape}".encode())
-        h.update(x.tobytes())
-    return h.hexdigest()
+    return checkpoint.fingerprint(params, arch)
 
 
 # ----------------------------------------------------------------------------- autoencoder
@@ -175,21 +168,8 @@ def decode(ae_params, z, cfg: Config):
 def latent_loss(params, batch, key, cfg: Config, step=None):
     """The diffusion objective on scaled latents: `params` the U-Net's, batch {'latent': (B, h, w, c),
     'label': (B,)}. diffusion.loss's weighted MSE, without its pixel scaling to [-1, 1]."""
-    dcfg = diffusion_config(cfg)
     x0 = batch["latent"].astype(jnp.float32)
-    k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 4)
-    t = diffusion.sample_time(k_t, x0.shape[0], dcfg)
-    lam = diffusion.log_snr(t, dcfg.schedule)
-    alpha, sigma = diffusion.alpha_sigma_from_log_snr(lam)
-    noise = jax.random.normal(k_noise, x0.shape)
-    xt = diffusion.noisy(x0, alpha, sigma, noise)
-    labels = None
-    if dcfg.num_classes:
-        labels = diffusion.drop_labels(jnp.asarray(batch["label"], jnp.int32), k_drop, dcfg)
-    out = diffusion.apply(params, xt, t, labels, dcfg, train=True, key=k_dropout)
-    target = diffusion.from_x0_eps(x0, noise, alpha, sigma, dcfg.prediction)
-    per_example = jnp.mean(jnp.square(out - target), axis=tuple(range(1, x0.ndim)))
-    return jnp.mean(diffusion.loss_weight(lam, dcfg) * per_example), {"mse": jnp.mean(per_example)}
+    return diffusion.denoising_loss(params, x0, batch.get("label"), key, diffusion_config(cfg))
 
 
 def loss(params, batch, key, cfg: Config, step=None):

@@ -173,7 +173,12 @@ def loss(params, batch, key, cfg: Config, step=None):
 
     batch: {'image': (B, H, W, C) in [0, 1], 'label': (B,)}; images are scaled to [-1, 1] here.
     """
-    x0 = _scale(batch["image"])
+    return denoising_loss(params, _scale(batch["image"]), batch.get("label"), key, cfg)
+
+
+def denoising_loss(params, x0, labels, key, cfg: Config):
+    """`loss` on data already in the model's space (`x0` (B, ...), e.g. scaled latents), labels (B,) or
+    None: the objective any model built on this family (latent diffusion) trains."""
     B = x0.shape[0]
     k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 4)
     t = sample_time(k_t, B, cfg)
@@ -181,9 +186,10 @@ def loss(params, batch, key, cfg: Config, step=None):
     alpha, sigma = alpha_sigma_from_log_snr(lam)
     noise = jax.random.normal(k_noise, x0.shape)
     xt = noisy(x0, alpha, sigma, noise)
-    labels = None
     if cfg.num_classes:
-        labels = drop_labels(jnp.asarray(batch["label"], jnp.int32), k_drop, cfg)
+        labels = drop_labels(jnp.asarray(labels, jnp.int32), k_drop, cfg)
+    else:
+        labels = None
     out = apply(params, xt, t, labels, cfg, train=True, key=k_dropout)
     target = from_x0_eps(x0, noise, alpha, sigma, cfg.prediction)
     per_example = jnp.mean(jnp.square(out - target), axis=tuple(range(1, x0.ndim)))
