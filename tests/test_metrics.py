@@ -72,11 +72,16 @@ def test_other_datasets_train_once_then_load_from_the_cache(monkeypatch):
     train, test = data.digits("train").all(), data.digits("test").all()
     quick = functools.partial(classifier.train_classifier, steps=5)
     monkeypatch.setattr(classifier, "train_classifier", quick)
-    net = metrics.feature_net("my_digits", train, test, 10)
-    assert net.version.startswith("cache:")
+    # --data is often a path: relative and absolute spellings of one folder share the cached network
+    net = metrics.feature_net("../data/my_digits/", train, test, 10)
+    assert net.version.startswith("cache:my_digits-")
     monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("trained twice"))
-    again = metrics.feature_net("my_digits", train, test, 10)
+    again = metrics.feature_net("/home/me/data/my_digits", train, test, 10)
     np.testing.assert_array_equal(again.features(test["image"][:10]), net.features(test["image"][:10]))
+    # ...but other images under the same name get their own network
+    monkeypatch.setattr(classifier, "train_classifier", quick)
+    edited = {**train, "image": train["image"][::-1].copy()}
+    assert metrics.feature_net("/home/me/data/my_digits", edited, test, 10).version != net.version
 
 
 def test_sample_quality_reports_precision_and_recall_for_any_feature_net(digits_net):

@@ -133,10 +133,17 @@ def shipped_path(name: str) -> str:
     return os.path.join(WEIGHTS_DIR, SHIPPED[name][0])
 
 
-def _cache_path(name: str, shape, seed: int) -> str:
+def _cache_path(name: str, train: dict, seed: int) -> str:
+    """The cache file of the network trained for `train`: keyed by the training data's content (so a
+    relative and an absolute path to one folder share it, and an edited folder gets a new one), named
+    after the data source's last path component."""
     root = os.environ.get("GENJAX_CACHE", os.path.expanduser("~/.cache/genjax"))
-    tag = hashlib.sha1(f"{name}-{tuple(shape)}-{seed}-v1".encode()).hexdigest()[:10]
-    return os.path.join(root, "feature_nets", f"{name}-{tag}.msgpack")
+    digest = hashlib.sha1(f"{tuple(train['image'].shape)}-{seed}-v1".encode())
+    for k in ("image", "label"):
+        if k in train:
+            digest.update(np.ascontiguousarray(train[k]).tobytes())
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(name.rstrip("/\\")))
+    return os.path.join(root, "feature_nets", f"{stem or 'data'}-{digest.hexdigest()[:10]}.msgpack")
 
 
 def feature_net(name: str, train: dict, test: dict, num_classes: int, seed: int = 0) -> FeatureNet:
@@ -145,7 +152,7 @@ def feature_net(name: str, train: dict, test: dict, num_classes: int, seed: int 
     shape = tuple(train["image"].shape[1:])
     if name in SHIPPED and SHIPPED[name][1] == shape and seed == 0:
         return load(shipped_path(name), shape, SHIPPED[name][0])
-    path = _cache_path(name, shape, seed)
+    path = _cache_path(name, train, seed)
     if os.path.exists(path):
         return load(path, shape, f"cache:{os.path.basename(path)}")
     print(f"genjax: training a feature classifier for {name!r} (no shipped one); cached at {path}. Its "
