@@ -112,7 +112,7 @@ def test_import_matches_transformers_logits_and_greedy_generation(name, saved):
         assert cfg.kv_heads == 2 and cfg.pos == "rope" and cfg.tie_embeddings == (name == "llama-tied")
         assert cfg.rope_base == (5000.0 if name == "llama" else 10000.0)
         cache = T.init_cache(cfg, 1)[0]["k"]
-        assert cache.shape[2] == 2  # the KV cache holds the key/value heads only
+        assert cache.shape[1] == 2  # the KV cache holds the key/value heads only
     ids = prompts(0, (4, 20))
     np.testing.assert_allclose(T.forward(params, jnp.asarray(ids), cfg), hf_logits(model, ids), atol=1e-4, rtol=0)
 

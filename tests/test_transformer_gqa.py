@@ -54,7 +54,7 @@ def test_padding_is_invisible():
 
 def test_gqa_cache_holds_kv_heads_and_generation_matches_forward():
     params = gqa_params()
-    assert T.init_cache(GQA, 3)[0]["k"].shape == (3, 16, 2, 8)
+    assert T.init_cache(GQA, 3)[0]["k"].shape == (3, 2, 16, 8)
     prompts = np.asarray(jax.random.randint(jax.random.key(2), (2, 5), 0, VOCAB, jnp.int32))
     ref = greedy_reference(params, GQA, prompts, [5, 2], 8)
     out, _ = T.generate(params, jax.random.key(0), prompts, [5, 2], 8, GQA, greedy=True)

@@ -1,14 +1,15 @@
 """Transformer building blocks (Flax linen): dense layers, norms, rotary embeddings, causal
-self-attention with an explicit KV cache, MLPs and the pre-norm block.
+self-attention with an explicit KV cache, MLPs and the pre-norm block. Given a `mask` (without a cache)
+the same attention and block are bidirectional encoders (genjax.nn.text_encoder).
 
 Parameters are float32; `dtype` is the compute dtype (bfloat16 casts weights and activations at each
 matmul, accumulating in float32). Norms and softmax always run in float32.
 
 Attention runs through `jax.nn.dot_product_attention` on GPU (training: `is_causal=True` with no mask,
 the shape cuDNN's flash attention takes, `implementation='cudnn'` in 16-bit) and through two einsums
-elsewhere (faster on XLA:CPU, see `einsum_attention`). With a cache the
-block writes this call's keys and values at `cache_index` (one index shared by the batch) and attends
-over the whole preallocated cache under a mask: key j is visible to a query at window position q when
+elsewhere (faster on XLA:CPU, see `einsum_attention`). With a cache, (B, kv heads, S, head dim)
+per layer, the block writes this call's keys and values at `cache_index` (one index shared by the batch)
+and attends over all S cache positions under a mask: key j is visible to a query at window position q when
 `start[b] <= j <= q`, so rows whose prompts were left-padded never see their padding.
 """
 
@@ -100,37 +101,42 @@ def attention_impl(impl: str, dtype: Dtype) -> str:
     return "cudnn" if jax.default_backend() == "gpu" and half else "einsum"
 
 
-def einsum_attention(q, k, v, mask=None):
+def einsum_attention(q, k, v, mask=None, heads_first: bool = False):
     """Softmax attention as two einsums, scores and softmax in float32. q: (B, T, H, Dh), k and v:
-    (B, S, K, Dh) with K dividing H (grouped-query attention: query head i reads key/value head
-    i // (H / K)), mask: bool (B, 1, T, S) or None for causal (T == S).
+    (B, S, K, Dh), or (B, K, S, Dh) with `heads_first` (the KV cache's layout), K dividing H
+    (grouped-query attention: query head i reads key/value head i // (H / K)), mask: bool (B, 1, T, S)
+    or None for causal (T == S).
 
     On XLA:CPU its backward pass is ~4x faster than `jax.nn.dot_product_attention(implementation='xla')`,
     whose vmapped batched dots fall off the fast GEMM path (measured on jax 0.10.2, 2-core Zen 4)."""
     b, t, h, dh = q.shape
-    s, kv = k.shape[1], k.shape[2]
+    s, kv = (k.shape[2], k.shape[1]) if heads_first else (k.shape[1], k.shape[2])
+    kspec = "bksd" if heads_first else "bskd"
     if mask is None:
         mask = jnp.tril(jnp.ones((t, s), bool))
     scale, low = dh ** -0.5, jnp.finfo(jnp.float32).min
     if kv == h:  # multi-head: the plain 4-D einsums (XLA:CPU's fastest form)
-        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+        spec = kspec.replace("k", "h")
+        scores = jnp.einsum(f"bthd,{spec}->bhts", q, k, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(jnp.where(mask, scores * scale, low), axis=-1).astype(v.dtype)
-        return jnp.einsum("bhts,bshd->bthd", probs, v, preferred_element_type=jnp.float32).astype(q.dtype)
+        return jnp.einsum(f"bhts,{spec}->bthd", probs, v, preferred_element_type=jnp.float32).astype(q.dtype)
     # Grouped: the query heads of a group share one key/value head, which is never repeated in memory.
     qg = q.reshape(b, t, kv, h // kv, dh)
     mask = mask[:, :, None] if mask.ndim == 4 else mask  # (B, 1, T, S) -> (B, 1, 1, T, S)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"btkgd,{kspec}->bkgts", qg, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(jnp.where(mask, scores * scale, low), axis=-1).astype(v.dtype)
-    y = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    y = jnp.einsum(f"bkgts,{kspec}->btkgd", probs, v, preferred_element_type=jnp.float32)
     return y.reshape(b, t, h, dh).astype(q.dtype)
 
 
-def attention(q, k, v, mask=None, implementation: str = "einsum"):
+def attention(q, k, v, mask=None, implementation: str = "einsum", heads_first: bool = False):
     """Causal (mask=None) or masked attention through `implementation`: 'einsum', or 'xla' / 'cudnn'
     (`jax.nn.dot_product_attention`, which takes grouped key/value heads as they are; cuDNN takes only
-    the causal, unmasked 16-bit case)."""
+    the causal, unmasked 16-bit case). `heads_first`: k and v are (B, K, S, Dh), the cache's layout."""
     if implementation == "einsum":
-        return einsum_attention(q, k, v, mask)
+        return einsum_attention(q, k, v, mask, heads_first)
+    if heads_first:
+        k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)
     if mask is None:
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
@@ -151,7 +157,8 @@ class CausalSelfAttention(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, positions, cache=None, cache_index=None, start=None, deterministic=True):
+    def __call__(self, x, positions, cache=None, cache_index=None, start=None, deterministic=True, mask=None):
+        """`mask` bool (B, 1, T, T) replaces the causal mask (no cache): True where a query sees a key."""
         b, t, d = x.shape
         h, dh = self.n_head, d // self.n_head
         kv = self.n_kv_head or h
@@ -164,15 +171,17 @@ class CausalSelfAttention(nn.Module):
             q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
         impl = attention_impl(self.implementation, self.dtype)
         if cache is None:
-            y = attention(q, k, v, None, impl)
+            y = attention(q, k, v, mask, impl)
             new_cache = None
         else:
+            # The cache is (B, K, S, Dh): the attention dots read it as stored, with no transposed copy
+            # of the whole cache at every step; only this call's t positions are written.
             zero = jnp.zeros((), jnp.int32)
-            at = (zero, cache_index, zero, zero)
-            ck = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
-            cv = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
-            mask = cache_mask(start, cache_index, t, ck.shape[1])
-            y = attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, impl)
+            at = (zero, zero, cache_index, zero)
+            ck = jax.lax.dynamic_update_slice(cache["k"], k.swapaxes(1, 2).astype(cache["k"].dtype), at)
+            cv = jax.lax.dynamic_update_slice(cache["v"], v.swapaxes(1, 2).astype(cache["v"].dtype), at)
+            mask = cache_mask(start, cache_index, t, ck.shape[2])
+            y = attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, impl, heads_first=True)
             new_cache = {"k": ck, "v": cv}
         y = y.reshape(b, t, d)
         y = Dense(d, self.use_bias, self.dtype, std=self.out_std, name="proj")(y)
@@ -221,12 +230,12 @@ class Block(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, positions, cache=None, cache_index=None, start=None, deterministic=True):
+    def __call__(self, x, positions, cache=None, cache_index=None, start=None, deterministic=True, mask=None):
         a, new_cache = CausalSelfAttention(
             self.n_head, self.n_kv_head, self.use_bias, self.dropout, self.use_rope, self.rope_base,
             self.out_std, self.implementation, self.dtype, name="attn",
         )(Norm(self.norm, self.use_bias, self.dtype, self.norm_eps, name="ln1")(x), positions, cache, cache_index,
-          start, deterministic)
+          start, deterministic, mask)
         x = x + a
         m = MLP(self.d_ff, self.mlp, self.use_bias, self.dropout, self.out_std, self.dtype, name="mlp")(
             Norm(self.norm, self.use_bias, self.dtype, self.norm_eps, name="ln2")(x), deterministic)
