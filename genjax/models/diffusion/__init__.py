@@ -179,18 +179,25 @@ def loss(params, batch, key, cfg: Config, step=None):
 def denoising_loss(params, x0, labels, key, cfg: Config):
     """`loss` on data already in the model's space (`x0` (B, ...), e.g. scaled latents), labels (B,) or
     None: the objective any model built on this family (latent diffusion) trains."""
+
+    def denoise(xt, t, k_drop, k_dropout):
+        lab = drop_labels(jnp.asarray(labels, jnp.int32), k_drop, cfg) if cfg.num_classes else None
+        return apply(params, xt, t, lab, cfg, train=True, key=k_dropout)
+
+    return denoiser_loss(denoise, x0, key, cfg)
+
+
+def denoiser_loss(denoise: Callable, x0, key, cfg: Config):
+    """The weighted denoising MSE of any conditional network `denoise(x_t, t, k_drop, k_dropout) -> output`
+    (in `cfg.prediction` form; `k_drop` for its condition dropout, `k_dropout` for dropout layers), at a
+    random noise level per example: what text-to-image trains with its text condition inside `denoise`."""
     B = x0.shape[0]
     k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 4)
     t = sample_time(k_t, B, cfg)
     lam = log_snr(t, cfg.schedule)
     alpha, sigma = alpha_sigma_from_log_snr(lam)
     noise = jax.random.normal(k_noise, x0.shape)
-    xt = noisy(x0, alpha, sigma, noise)
-    if cfg.num_classes:
-        labels = drop_labels(jnp.asarray(labels, jnp.int32), k_drop, cfg)
-    else:
-        labels = None
-    out = apply(params, xt, t, labels, cfg, train=True, key=k_dropout)
+    out = denoise(noisy(x0, alpha, sigma, noise), t, k_drop, k_dropout)
     target = from_x0_eps(x0, noise, alpha, sigma, cfg.prediction)
     per_example = jnp.mean(jnp.square(out - target), axis=tuple(range(1, x0.ndim)))
     weighted = jnp.mean(loss_weight(lam, cfg) * per_example)

@@ -150,11 +150,18 @@ def run_sampler(model_fn: Callable, x_T, key, cfg, *, sampler: str = "dpm++2m", 
 
 def guided_model_fn(model_fn: Callable, labels, null_label: int, guidance) -> Callable:
     """Classifier-free guidance: out_c + w (out_c - out_u), both from one doubled batch."""
+    return guided_fn(model_fn, labels, jnp.full_like(labels, null_label), guidance)
+
+
+def guided_fn(model_fn: Callable, cond, uncond, guidance) -> Callable:
+    """Classifier-free guidance over any condition: `model_fn(x, t, c)` with `cond` and `uncond` pytrees
+    of (B, ...) arrays (labels, or text states and their mask), out_c + w (out_c - out_u) from one
+    doubled batch."""
 
     def fn(x, t):
-        out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                       jnp.concatenate([labels, jnp.full_like(labels, null_label)]))
-        cond, uncond = jnp.split(out, 2)
-        return cond + guidance * (cond - uncond)
+        both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
+        out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
+        c, u = jnp.split(out, 2)
+        return c + guidance * (c - u)
 
     return fn
