@@ -11,6 +11,11 @@
   feature map's side is in `attn_resolutions`, then a stride-2 conv down (all but the last level).
   A middle block (res, attention, res), then the mirror image going up with skip connections
   (nearest-neighbour upsampling + 3x3 conv).
+- Cross-attention (text conditioning, Rombach et al. 2022): with `context_resolutions` non-empty the
+  network also takes `context` (B, S, D) token states and `context_mask` (B, S) bool, and at every
+  feature-map side listed there (levels and middle block) a residual block's output attends to them
+  (queries from the features, keys and values from the tokens, padding masked out). Empty (the default):
+  no cross-attention layers, the parameters of every existing configuration unchanged.
 - Any H, W: the input is zero-padded to a multiple of 2^(levels - 1) and the output cropped back
   (28x28 MNIST with 4 levels runs at 32x32 inside); `attn_resolutions` refer to the padded sizes
   (`level_resolutions` lists them).
@@ -31,6 +36,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from genjax.nn.attention import einsum_attention
 
 TIME_SCALE = 1000.0  # t in [0, 1] is embedded as t * TIME_SCALE (DDPM's integer timesteps at T=1000)
 
@@ -116,6 +123,28 @@ class AttnBlock(nn.Module):
         return x + y.reshape(b, h, w, c)
 
 
+class CrossAttnBlock(nn.Module):
+    """Multi-head attention of the H*W positions (queries) to `context` tokens (keys/values), padding masked,
+    residual, zero-initialized output (a fresh layer leaves the U-Net as it was)."""
+
+    num_groups: int
+    head_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context, context_mask):
+        b, h, w, c = x.shape
+        heads = max(1, c // self.head_dim)
+        dense = lambda n, name, init=_default_init: nn.Dense(  # noqa: E731
+            n, dtype=self.dtype, kernel_init=init, name=name)
+        y = GroupNorm(self.num_groups, name="norm")(x).reshape(b, h * w, c)
+        q = dense(c, "q")(y).reshape(b, h * w, heads, c // heads)
+        kv = dense(2 * c, "kv")(context.astype(self.dtype)).reshape(b, -1, heads, 2, c // heads)
+        mask = context_mask[:, None, None, :]  # (B, 1, 1, S): every query sees the real tokens
+        y = einsum_attention(q, kv[..., 0, :], kv[..., 1, :], mask).reshape(b, h * w, c)
+        return x + dense(c, "proj", _zeros_init)(y).reshape(b, h, w, c)
+
+
 class UNet(nn.Module):
     out_channels: int
     channels: int = 128
@@ -125,10 +154,12 @@ class UNet(nn.Module):
     dropout: float = 0.1
     num_groups: int = 32
     num_classes: int = 0  # 0: unconditional; else labels in [0, num_classes], num_classes = "no label"
+    context_resolutions: Sequence[int] = ()  # sides with cross-attention to `context` (() = none)
+    context_head_dim: int = 16  # channels per cross-attention head
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, t, labels=None, train: bool = False):
+    def __call__(self, x, t, labels=None, train: bool = False, context=None, context_mask=None):
         B, H, W, _ = x.shape
         levels = len(self.channel_mults)
         ph, pw = padded_size(H, levels) - H, padded_size(W, levels) - W
@@ -147,6 +178,14 @@ class UNet(nn.Module):
 
         block = lambda ch, name: ResBlock(ch, self.num_groups, self.dropout, self.dtype, name=name)  # noqa: E731
         attn = lambda name: AttnBlock(self.num_groups, self.dtype, name=name)  # noqa: E731
+        if self.context_resolutions and context is None:
+            raise ValueError("a UNet with context_resolutions needs context and context_mask")
+
+        def cross(h, name):
+            if h.shape[1] not in self.context_resolutions:
+                return h
+            return CrossAttnBlock(self.num_groups, self.context_head_dim, self.dtype, name=name)(
+                h, context, context_mask)
 
         h = nn.Conv(self.channels, (3, 3), dtype=self.dtype, kernel_init=_default_init,
                     name="conv_in")(x.astype(self.dtype))
@@ -156,6 +195,7 @@ class UNet(nn.Module):
                 h = block(self.channels * mult, f"down{i}_res{j}")(h, emb, train)
                 if h.shape[1] in self.attn_resolutions:
                     h = attn(f"down{i}_attn{j}")(h)
+                h = cross(h, f"down{i}_cross{j}")
                 skips.append(h)
             if i != levels - 1:
                 h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype,
@@ -164,6 +204,7 @@ class UNet(nn.Module):
 
         h = block(h.shape[-1], "mid_res0")(h, emb, train)
         h = attn("mid_attn")(h)
+        h = cross(h, "mid_cross")
         h = block(h.shape[-1], "mid_res1")(h, emb, train)
 
         for i, mult in reversed(list(enumerate(self.channel_mults))):
@@ -172,6 +213,7 @@ class UNet(nn.Module):
                 h = block(self.channels * mult, f"up{i}_res{j}")(h, emb, train)
                 if h.shape[1] in self.attn_resolutions:
                     h = attn(f"up{i}_attn{j}")(h)
+                h = cross(h, f"up{i}_cross{j}")
             if i != 0:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour x2
                 h = nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype, kernel_init=_default_init,
