@@ -99,6 +99,30 @@ def save_grid(path: str, images: np.ndarray, ncol: int | None = None, scale: int
     return grid
 
 
+def save_labelled_rows(path: str, images: np.ndarray, labels: list[str]) -> np.ndarray:
+    """A `save_grid` PNG of len(labels) rows of images (row-major, equally many per row) with each row's
+    label written to its left (e.g. the prompt the row was drawn for); returns the RGB array."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    images = np.asarray(images)
+    h = images.shape[1]
+    scale = max(1, 64 // h)
+    grid = Image.fromarray(image_grid(images, ncol=len(images) // len(labels), scale=scale))
+    row = (h + 1) * scale
+    font = ImageFont.load_default(size=max(10, row // 4))
+    measure = ImageDraw.Draw(grid)
+    left = int(max(measure.textlength(label, font=font) for label in labels)) + 2 * scale
+    canvas = Image.new("RGB", (left + grid.width, grid.height), "white")
+    canvas.paste(grid, (left, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, label in enumerate(labels):
+        draw.text((scale, scale + i * row + (row - scale) // 2), label, fill="black", font=font, anchor="lm")
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        canvas.save(path)
+    return np.asarray(canvas)
+
+
 # ----------------------------------------------------------------------------- progress
 
 

@@ -49,6 +49,11 @@ def _tiny(name, family):
         return dataclasses.replace(family.SIZES["digits"], ae_channels=(8,), ae_latent_channels=1, channels=8,
                                    num_groups=4, num_classes=3, channel_mults=(1,), attn_resolutions=(),
                                    timesteps=50), images
+    if name == "text_to_image":  # a one-layer encoder, cross-attention at 8x8 only
+        cfg = dataclasses.replace(family.SIZES["digits"], channels=8, num_groups=4, channel_mults=(1,),
+                                  attn_resolutions=(), context_resolutions=(8,), context_head_dim=8,
+                                  text_width=16, text_heads=2, text_layers=1, timesteps=50)
+        return cfg, {**images, "tokens": family.tokenize(["seven", "a thin one", "", "2, thick stroke"], cfg)}
     return family.SIZES["digits"], images
 
 
@@ -84,7 +89,7 @@ def test_names_and_configs(family):
 def test_bad_config_is_a_config_error(family):
     name, fam = family
     field = {"transformer": "n_layer", "gan": "latent_dim", "vae": "latent_dim", "diffusion": "channels",
-             "latent_diffusion": "channels", "example": "min_std"}[name]
+             "latent_diffusion": "channels", "text_to_image": "channels", "example": "min_std"}[name]
     with pytest.raises(ConfigError, match=f"model.{field}"):
         dataclasses.replace(fam.SIZES[next(iter(fam.SIZES))], **{field: 0}).validate()
 
