@@ -90,12 +90,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
     # ---- final sample quality against a Gaussian mixture and held-out real digits
     log.note("final evaluation: sample quality")
-    summary = {**quality(state, jax.random.fold_in(keys["quality"], 1)), "classifier_accuracy": net.test_accuracy,
-               "wall_seconds": timer.seconds(), "steps": int(state.step), "devices": int(run.mesh.devices.size)}
+    summary = {**quality(state, jax.random.fold_in(keys["quality"], 1)), "classifier_accuracy": net.test_accuracy}
     if config.baselines:
         summary.update(metrics.reference_scores(net, real["image"], test["image"], config.num_quality_samples))
-    experiment.write_summary(workdir, summary)
-    return summary
+    return experiment.finish(workdir, summary, timer=timer, state=state, mesh=run.mesh)
 
 
 if __name__ == "__main__":

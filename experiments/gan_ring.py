@@ -81,10 +81,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     state = loop.run(state=state, step_fn=step, batches_from=batches_from, mesh=run.mesh, cfg=config.train,
                      workdir=workdir, hooks=hooks)
 
-    summary = {**eval_hook(state), "per_mode": score(state.eval_params)["per_mode"],
-               "wall_seconds": timer.seconds(), "steps": int(state.step), "devices": int(run.mesh.devices.size)}
-    experiment.write_summary(workdir, summary)
-    return summary
+    summary = {**eval_hook(state), "per_mode": score(state.eval_params)["per_mode"]}
+    return experiment.finish(workdir, summary, timer=timer, state=state, mesh=run.mesh)
 
 
 if __name__ == "__main__":

@@ -202,10 +202,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         "autoencoder_unchanged": bool(all(np.array_equal(a, b) for a, b in zip(
             jax.tree.leaves(ae_final), jax.tree.leaves(jax.device_get(ae_params))))),
         "sampler": f"{config.sample.sampler}/{config.sample.steps}",
-        "wall_seconds": timer.seconds(), "steps": int(state.step), "devices": int(run.mesh.devices.size),
     }
-    experiment.write_summary(workdir, summary)
-    return summary
+    return experiment.finish(workdir, summary, timer=timer, state=state, mesh=run.mesh)
 
 
 if __name__ == "__main__":

@@ -91,10 +91,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         **metrics.sample_quality(net, real["image"], fake),
         **metrics.reference_scores(net, real["image"], test["image"], config.num_quality_samples),
         "classifier_accuracy": net.test_accuracy,
-        "wall_seconds": timer.seconds(), "steps": int(state.step), "devices": int(run.mesh.devices.size),
     }
-    experiment.write_summary(workdir, summary)
-    return summary
+    return experiment.finish(workdir, summary, timer=timer, state=state, mesh=run.mesh)
 
 
 if __name__ == "__main__":

@@ -186,6 +186,14 @@ def chunks(arrays: dict[str, np.ndarray], size: int) -> Iterable[dict[str, np.nd
         yield {k: v[lo:lo + size] for k, v in arrays.items()}
 
 
+def finish(workdir: str, summary: dict, *, timer: "Timer", state, mesh) -> dict:
+    """The run's summary with its wall time, steps and devices added, written to workdir/summary.json."""
+    summary = {**summary, "wall_seconds": timer.seconds(), "steps": int(jax.device_get(state.step)),
+               "devices": int(mesh.devices.size)}
+    write_summary(workdir, summary)
+    return summary
+
+
 def write_summary(workdir: str, summary: dict) -> None:
     """workdir/summary.json: the final metrics of the run, for tables and comparisons."""
     if jax.process_index() != 0:

@@ -97,8 +97,8 @@ SIZES = {
     # 28x28x1 (MNIST, Fashion-MNIST): 3 levels 28/14/7, attention at 14, ~6.5M parameters
     "mnist": Config(image_shape=(28, 28, 1), channels=64, channel_mults=(1, 2, 2), num_res_blocks=2,
                     attn_resolutions=(14,), dropout=0.1, num_groups=32),
-    # 28x28x1 on a CPU: 2 levels 28/14, no attention, ~0.4M parameters
-    "mnist-cpu": Config(image_shape=(28, 28, 1), channels=32, channel_mults=(1, 2), attn_resolutions=(),
+    # 28x28x1 on a CPU: 3 levels 28/14/7, no attention, width 16 (experiments/configs/diffusion_mnist.json)
+    "mnist-cpu": Config(image_shape=(28, 28, 1), channels=16, channel_mults=(1, 2, 2), attn_resolutions=(),
                         num_groups=8),
     # The DDPM CIFAR-10 model (Ho et al. 2020): linear schedule, eps, 35.7M parameters
     "cifar10": Config(image_shape=(32, 32, 3), timesteps=1000, schedule="linear", prediction="eps", channels=128,
