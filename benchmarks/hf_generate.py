@@ -295,7 +295,7 @@ def decode_profile(params, cfg, params16, cfg16, model, torch, batches, index, r
 
         fn, held = jax.jit(step, donate_argnums=1), {"cache": transformer.init_cache(c, batch)}
         args = (jnp.zeros((batch,), jnp.int32), jnp.asarray(at, jnp.int32), jnp.zeros((batch,), jnp.int32))
-        layer = (batch, c.block_size, c.kv_heads, c.d_model // c.n_head)  # one layer's K (or V) cache
+        layer = (batch, c.kv_heads, c.block_size, c.d_model // c.n_head)  # one layer's K (or V) cache
         copies = 0
         text = fn.lower(p, held["cache"], *args).compile().as_text()
         entry = text[text.index("\nENTRY"):]
@@ -448,10 +448,10 @@ def markdown(data: dict) -> str:
         f"{bw['array_mib']} MiB: {fmt(bw['one_thread_gbs'])} GB/s on one thread, "
         f"{fmt(bw['threads_gbs'])} GB/s on {t['threads']}) / {m['weight_bytes_f32'] / 1e6:,.0f} MB of "
         f"float32 weights per token = **{fmt(bound['f32_tokens_per_s'])} tokens/s**; with bfloat16 weights "
-        f"({m['weight_bytes_bf16'] / 1e6:,.0f} MB) **{fmt(bound['bf16_tokens_per_s'])} tokens/s**. genjax's "
-        f"decode also reads its whole preallocated KV cache at every step ({m['block_size']} positions, "
-        f"masked: {m['genjax_kv_cache_bytes_f32_per_row'] / 1e6:,.0f} MB per row in float32), transformers "
-        "the filled positions only.", "",
+        f"({m['weight_bytes_bf16'] / 1e6:,.0f} MB) **{fmt(bound['bf16_tokens_per_s'])} tokens/s**. A genjax "
+        "decode step also reads its KV cache, which grows in powers of two from the prompt's up to "
+        f"{m['block_size']} positions ({m['genjax_kv_cache_bytes_f32_per_row'] / 1e6:,.0f} MB per row in float32 "
+        "when full); transformers reads the filled positions only.", "",
         *goals, "",
         *([f"**Load average {data['load_avg_start']:.1f} on {t['threads']} cores at the start**: torch's "
            f"{t['threads']}-thread runs are slowed most, so these ratios flatter genjax (see the "
