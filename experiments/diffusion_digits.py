@@ -43,6 +43,8 @@ class Config:
 
     data: str = "digits"  # 'digits', 'tfds:NAME', an image folder, .npz/.npy, or MNIST idx files
     data_dir: str = ""  # tfds data_dir ('' = tfds default)
+    image_size: int = 0  # resize (and centre-crop) every image to this side; 0 keeps the data's size
+    channels: int = 0  # 1 (grey) or 3 (RGB) to convert; 0 keeps the data's channels
     sample: diffusion.SampleOptions = diffusion.SampleOptions(guidance=0.3)  # evaluation samples and grids
     grid_guidance: float = 2.0  # conditional runs also save a grid sampled with this guidance (0: none)
     eval_repeats: int = 4  # noise draws per test image in the bits/dim bound

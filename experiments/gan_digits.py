@@ -42,6 +42,8 @@ class Config:
 
     data: str = "digits"  # 'digits', 'tfds:NAME', an image folder, .npz/.npy, or MNIST idx files
     data_dir: str = ""  # tfds data_dir ('' = tfds default)
+    image_size: int = 0  # resize (and centre-crop) every image to this side; 0 keeps the data's size
+    channels: int = 0  # 1 (grey) or 3 (RGB) to convert; 0 keeps the data's channels
     num_quality_samples: int = 1000  # EMA samples scored at each evaluation
     baselines: bool = True  # also score a Gaussian mixture fit and held-out data (seconds; off in smoke tests)
     train: train.TrainConfig = train.TrainConfig(

@@ -58,6 +58,8 @@ class Config:
 
     data: str = "digits"  # labelled digit images: 'digits', 'tfds:mnist', an .npz, MNIST idx files
     data_dir: str = ""  # tfds data_dir ('' = tfds default)
+    image_size: int = 0  # resize (and centre-crop) every image to this side; 0 keeps the data's size
+    channels: int = 0  # 1 (grey) or 3 (RGB) to convert; 0 keeps the data's channels
     sample: t2i.SampleOptions = t2i.SampleOptions(guidance=1.0)  # the chosen guidance: grids, attributes
     guidances: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)  # label accuracy and sample quality at each
     num_quality_samples: int = 1000  # per guidance

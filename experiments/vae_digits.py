@@ -33,6 +33,8 @@ class Config:
 
     data: str = "digits"  # 'digits', 'tfds:NAME', an image folder, .npz/.npy, or MNIST idx files
     data_dir: str = ""  # tfds data_dir ('' = tfds default)
+    image_size: int = 0  # resize (and centre-crop) every image to this side; 0 keeps the data's size
+    channels: int = 0  # 1 (grey) or 3 (RGB) to convert; 0 keeps the data's channels
     num_quality_samples: int = 1000  # prior samples scored at the end
     eval_batch_size: int = 512
     train: train.TrainConfig = train.TrainConfig(

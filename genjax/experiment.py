@@ -113,12 +113,14 @@ def setup(config, workdir: str, *, experiment: str, family: str, keys: Iterable[
 
 
 def image_data(config) -> tuple[Any, Any, Any]:
-    """(config with model.image_shape from the data, train source, test source) for `config.data`.
+    """(config with model.image_shape from the data, train source, test source) for `config.data`, each
+    image resized and centre-cropped to `config.image_size` and converted to `config.channels` where set.
 
     A conditional model (model.num_classes > 0) must match the data's classes.
     """
-    train_src = data.load(config.data, "train", config.data_dir or None)
-    test_src = data.load(config.data, "test", config.data_dir or None)
+    load = functools.partial(data.load, config.data, data_dir=config.data_dir or None,
+                             image_size=config.image_size, channels=config.channels)
+    train_src, test_src = load("train"), load("test")
     num_classes = getattr(config.model, "num_classes", 0)
     if num_classes not in (0, train_src.num_classes):
         raise ConfigError(f"model.num_classes={num_classes}: {config.data} has {train_src.num_classes} classes; "

@@ -44,6 +44,13 @@ def test_vae_on_a_folder_of_pngs(tmp_path):
     assert os.path.exists(tmp_path / "run" / "summary.json")
 
 
+def test_vae_resizes_and_converts_a_folder_to_the_requested_shape(tmp_path):
+    make_image_folder(str(tmp_path / "pngs"), num_classes=3, per_class=30, h=12, w=10, c=3)
+    train_vae(tmp_path / "run", str(tmp_path / "pngs"), image_size="8", channels="1")
+    saved = config_lib.load(str(tmp_path / "run"))["config"]
+    assert saved["model"]["image_shape"] == [8, 8, 1] and saved["image_size"] == 8
+
+
 def test_vae_on_an_npz_file(tmp_path):
     np.savez(tmp_path / "d.npz", images=random_images(90, 8, 8, 1), labels=np.arange(90) % 4)
     train_vae(tmp_path / "run", str(tmp_path / "d.npz"))
