@@ -211,10 +211,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         "guidance": config.sample.guidance, "sampler": f"{config.sample.sampler}/{config.sample.steps}",
         "classifier_accuracy": net.test_accuracy, "params_text": _count(state.params["text"]),
         "params_unet": _count(state.params["unet"]), "train_seconds": train_seconds,
-        "wall_seconds": timer.seconds(), "steps": int(state.step), "devices": int(run.mesh.devices.size),
     })
-    experiment.write_summary(workdir, summary)
-    return summary
+    return experiment.finish(workdir, summary, timer=timer, state=state, mesh=run.mesh)
 
 
 def _count(tree) -> int:
