@@ -254,13 +254,9 @@ def evaluate(params, batch, key, cfg: Config) -> dict:
     ae = params["autoencoder"]
     latents = encode(ae, batch["image"], cfg)
     dcfg = diffusion_config(cfg)
-    k_t, k_noise = jax.random.split(key)
-    t = diffusion.sample_time(k_t, latents.shape[0], dcfg)
-    alpha, sigma = diffusion.alpha_sigma_from_log_snr(diffusion.log_snr(t, dcfg.schedule))
-    noise = jax.random.normal(k_noise, latents.shape)
+    xt, t, _, target = diffusion.noised(latents, *jax.random.split(key), dcfg)
     labels = jnp.asarray(batch["label"], jnp.int32) if dcfg.num_classes else None
-    out = diffusion.apply(params["diffusion"], diffusion.noisy(latents, alpha, sigma, noise), t, labels, dcfg)
-    target = diffusion.from_x0_eps(latents, noise, alpha, sigma, dcfg.prediction)
+    out = diffusion.apply(params["diffusion"], xt, t, labels, dcfg)
     axes = tuple(range(1, latents.ndim))
     recon = decode(ae, latents, cfg)
     recon_mse = jnp.mean(jnp.square(recon - batch["image"]), axis=tuple(range(1, recon.ndim)))

@@ -280,12 +280,7 @@ def evaluate(params, batch, key, cfg: Config) -> dict:
     image's prompt ('mse') and with the empty prompt at the same noise ('mse_empty'), and 'count'."""
     dcfg = diffusion_config(cfg)
     x0 = batch["image"].astype(jnp.float32) * 2.0 - 1.0
-    k_t, k_noise = jax.random.split(key)
-    t = diffusion.sample_time(k_t, x0.shape[0], dcfg)
-    alpha, sigma = diffusion.alpha_sigma_from_log_snr(diffusion.log_snr(t, dcfg.schedule))
-    noise = jax.random.normal(k_noise, x0.shape)
-    xt = diffusion.noisy(x0, alpha, sigma, noise)
-    target = diffusion.from_x0_eps(x0, noise, alpha, sigma, dcfg.prediction)
+    xt, t, _, target = diffusion.noised(x0, *jax.random.split(key), dcfg)
     # one pass over the doubled batch: the prompts, then the empty prompt
     tokens = jnp.concatenate([jnp.asarray(batch["tokens"], jnp.int32), empty_tokens(x0.shape[0], cfg)])
     out = apply(params["unet"], jnp.concatenate([xt, xt]), jnp.concatenate([t, t]),

@@ -9,9 +9,8 @@
 The layers are a Python loop (params under blocks/layer_<i>), or with `scan_layers=True` one `nn.scan`
 over a stacked block (params with a leading n_layer axis; compiles one block, for deep models).
 
-Generation is one compiled call: the prompt is prefilled once into a KV cache, then a `lax.while_loop`
-decodes one token per step. The cache starts at the power of two above the prompt and doubles up to
-`block_size` as the generation needs it, so each step attends over the filled part, not the whole window. The number of new tokens and every
+Generation is one compiled call: the prompt is prefilled once into a KV cache preallocated at
+`block_size`, then a `lax.while_loop` decodes one token per step. The number of new tokens and every
 sampling option are traced values, so changing them does not recompile (the output buffer is bucketed to
 a power of two, the prompt width to a power of two >= 8). Prompts of different lengths share one batch:
 each row is left-aligned inside the window, so the whole batch writes the cache at one index and a row's
@@ -331,10 +330,11 @@ def evaluate(params, batch, key, cfg: Config):
 # ----------------------------------------------------------------------------- KV cache
 
 
-def init_cache(cfg: Config, batch: int, length: int | None = None):
-    """Zeroed keys and values, (B, kv_heads, length, head_dim) per layer (length: block_size by default):
-    one dict of arrays stacked along a leading n_layer axis (scan_layers) or a tuple of per-layer dicts."""
-    shape = (batch, cfg.kv_heads, length or cfg.block_size, cfg.d_model // cfg.n_head)
+def init_cache(cfg: Config, batch: int):
+    """Zeroed keys and values, (B, kv_heads, block_size, head_dim) per layer (the layout the attention dots
+    read in place): one dict of arrays stacked along a leading n_layer axis (scan_layers) or a tuple of
+    per-layer dicts."""
+    shape = (batch, cfg.kv_heads, cfg.block_size, cfg.d_model // cfg.n_head)
     if cfg.scan_layers:
         shape = (cfg.n_layer, *shape)
         return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
@@ -365,24 +365,6 @@ def _unrolled(params, cfg: Config):
     stacked = params["blocks"]["block"]
     blocks = {f"layer_{i}": {"block": jax.tree.map(lambda a, i=i: a[i], stacked)} for i in range(cfg.n_layer)}
     return {**params, "blocks": blocks}, dataclasses.replace(cfg, scan_layers=False)
-
-
-def _grow(cache, length: int):
-    """The cache with its position axis (the second-to-last) zero-padded to `length`."""
-    def pad(a):
-        return jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, length - a.shape[-2]), (0, 0)])
-
-    return jax.tree.map(pad, cache)
-
-
-def _cache_lengths(filled: int, needed: int, window: int) -> list[int]:
-    """The cache lengths a decode grows through (static): powers of two from the prompt's (at least 64)
-    up to the window, far enough for `needed` positions. Each step attends over the current length, not
-    the whole window: a short generation in a 1024-position window reads a fraction of the cache."""
-    lengths = [min(window, max(64, _bucket(filled + 1)))]
-    while lengths[-1] < min(needed, window):
-        lengths.append(min(window, 2 * lengths[-1]))
-    return lengths
 
 
 def prefill(params, tokens, start, cfg: Config, cache=None):
@@ -453,8 +435,7 @@ def _generate(params, key, prompt, lengths, max_new, temperature, top_k, top_p, 
     filled = min(p, w)
     window = jnp.zeros((bsz, w), jnp.int32).at[:, :filled].set(aligned)
     start = jnp.maximum(shift, 0).astype(jnp.int32)
-    lengths = _cache_lengths(filled, filled + out_len, w)
-    h, cache = prefill(params, aligned, start, cfg, init_cache(cfg, bsz, lengths[0]))
+    h, cache = prefill(params, aligned, start, cfg)
     logits = _head(params, cfg, h[:, filled - 1])
 
     # State: (i, cur, window, start, cache, logits, done, out, count). `logits` predict the token at
@@ -473,8 +454,8 @@ def _generate(params, key, prompt, lengths, max_new, temperature, top_k, top_p, 
         logits, cache = decode_step(params, cache, tok, cur, start, cfg)
         return i + 1, cur + 1, window, start, cache, logits, done, out, count
 
-    def decode_until(length, state):
-        return jax.lax.while_loop(lambda s: unfinished(s) & (s[1] < length), decode, state)
+    def decode_until_full(state):
+        return jax.lax.while_loop(lambda s: unfinished(s) & (s[1] < w), decode, state)
 
     def slide_window(state):
         # The window is full: drop its oldest `slide` positions and prefill the rest again.
@@ -487,12 +468,9 @@ def _generate(params, key, prompt, lengths, max_new, temperature, top_k, top_p, 
 
     state = (jnp.zeros((), jnp.int32), jnp.asarray(filled, jnp.int32), window, start, cache, logits,
              jnp.zeros((bsz,), bool), jnp.zeros((bsz, out_len), jnp.int32), jnp.zeros((bsz,), jnp.int32))
-    for i, length in enumerate(lengths):  # each length compiles its own loop over a cache that size
-        if i:
-            state = (*state[:4], _grow(state[4], length), *state[5:])
-        state = decode_until(length, state)
-    if out_len > w - filled:  # only then can the window fill up (static); lengths[-1] == w here
-        state = jax.lax.while_loop(unfinished, lambda s: decode_until(w, slide_window(s)), state)
+    state = decode_until_full(state)
+    if out_len > w - filled:  # only then can the window fill up (static)
+        state = jax.lax.while_loop(unfinished, lambda s: decode_until_full(slide_window(s)), state)
     return state[7], state[8]
 
 

@@ -191,17 +191,22 @@ def denoiser_loss(denoise: Callable, x0, key, cfg: Config):
     """The weighted denoising MSE of any conditional network `denoise(x_t, t, k_drop, k_dropout) -> output`
     (in `cfg.prediction` form; `k_drop` for its condition dropout, `k_dropout` for dropout layers), at a
     random noise level per example: what text-to-image trains with its text condition inside `denoise`."""
-    B = x0.shape[0]
     k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 4)
-    t = sample_time(k_t, B, cfg)
-    lam = log_snr(t, cfg.schedule)
-    alpha, sigma = alpha_sigma_from_log_snr(lam)
-    noise = jax.random.normal(k_noise, x0.shape)
-    out = denoise(noisy(x0, alpha, sigma, noise), t, k_drop, k_dropout)
-    target = from_x0_eps(x0, noise, alpha, sigma, cfg.prediction)
+    xt, t, lam, target = noised(x0, k_t, k_noise, cfg)
+    out = denoise(xt, t, k_drop, k_dropout)
     per_example = jnp.mean(jnp.square(out - target), axis=tuple(range(1, x0.ndim)))
     weighted = jnp.mean(loss_weight(lam, cfg) * per_example)
     return weighted, {"mse": jnp.mean(per_example)}
+
+
+def noised(x0, k_t, k_noise, cfg: Config):
+    """(x_t, t, log-SNR, the network's target in cfg.prediction form) for x0 (B, ...) at a random noise
+    level per example (`k_t`) and noise (`k_noise`): the input every denoising loss and evaluation uses."""
+    t = sample_time(k_t, x0.shape[0], cfg)
+    lam = log_snr(t, cfg.schedule)
+    alpha, sigma = alpha_sigma_from_log_snr(lam)
+    noise = jax.random.normal(k_noise, x0.shape)
+    return noisy(x0, alpha, sigma, noise), t, lam, from_x0_eps(x0, noise, alpha, sigma, cfg.prediction)
 
 
 def loss_weight(lam, cfg: Config):
