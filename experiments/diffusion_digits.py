@@ -93,6 +93,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         return {"sampling_seconds": sample_timer.seconds(),
                 **metrics.sample_quality(net, real["image"], fake, np.asarray(labels) if labels else None)}
 
+    @experiment.per_step
     def evaluate_state(state) -> dict:
         out = {"bits_per_dim": bits_per_dim(state.eval_params, null_label=conditional)}
         if conditional:

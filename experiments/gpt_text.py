@@ -85,6 +85,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     held_out = {"tokens": blocks}
     score = jax.jit(functools.partial(transformer.evaluate, cfg=model_cfg))
 
+    @experiment.per_step
     def eval_hook(state):
         means = experiment.evaluate_batches(score, state.eval_params,
                                             experiment.chunks(held_out, config.eval_batch), keys["sample"])

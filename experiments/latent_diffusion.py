@@ -169,6 +169,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         return {"sampling_seconds": seconds, "samples_per_sec": num / seconds,
                 **metrics.sample_quality(net, real["image"], fake, np.asarray(labels) if labels else None)}
 
+    @experiment.per_step
     def evaluate_state(state) -> dict:
         batches = experiment.chunks({"image": test["image"], "label": test["label"]}, config.eval_batch_size)
         return experiment.evaluate_batches(evaluate, state.eval_params, batches, keys["eval"])

@@ -152,15 +152,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     quality_prompts = captions.captions(real["label"][:num], {k: v[:num] for k, v in words.items()}, seed, 0,
                                         np.arange(num))
 
-    evaluated = {}  # step -> scores: the hook's after the last step serves the summary too
-
+    @experiment.per_step
     def evaluate_state(state) -> dict:
-        step = int(jax.device_get(state.step))
-        if step not in evaluated:
-            held_out = {"image": test["image"], "tokens": test_tokens}
-            batches = experiment.chunks(held_out, config.eval_batch_size)
-            evaluated[step] = experiment.evaluate_batches(evaluate, state.eval_params, batches, keys["eval"])
-        return evaluated[step]
+        batches = experiment.chunks({"image": test["image"], "tokens": test_tokens}, config.eval_batch_size)
+        return experiment.evaluate_batches(evaluate, state.eval_params, batches, keys["eval"])
 
     def quality(state, guidance: float) -> dict:
         options = dataclasses.replace(config.sample, guidance=guidance)

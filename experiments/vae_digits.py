@@ -62,6 +62,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     reconstruct = jax.jit(functools.partial(vae.reconstruct, cfg=model_cfg))
     interpolate = jax.jit(functools.partial(vae.interpolate, cfg=model_cfg), static_argnums=3)
 
+    @experiment.per_step
     def eval_hook(state):
         batches = experiment.chunks(test, config.eval_batch_size)
         return experiment.evaluate_batches(evaluate, state.eval_params, batches, keys["eval"])

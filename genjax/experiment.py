@@ -176,6 +176,21 @@ def evaluate_batches(evaluate: Callable[[Any, dict, jax.Array], dict], params, b
     return {k: v / count for k, v in totals.items()}
 
 
+def per_step(evaluate_state: Callable[[Any], dict]) -> Callable[[Any], dict]:
+    """`evaluate_state(state)` remembered for the latest step: the evaluation the last step's hook ran
+    serves the final summary too instead of running again (evaluations draw from fixed keys)."""
+    last: dict[int, dict] = {}
+
+    def fn(state) -> dict:
+        step = int(jax.device_get(state.step))
+        if step not in last:
+            last.clear()
+            last[step] = evaluate_state(state)
+        return last[step]
+
+    return fn
+
+
 def batches_from(source, train_cfg) -> Callable[[int], Iterable[dict]]:
     """The loop's `batches_from(start_step)` over an image source: seeded, resumable, this host's rows."""
     return functools.partial(data.batches, source.fetch, source.size, train_cfg.batch_size, train_cfg.seed)
