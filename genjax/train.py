@@ -4,12 +4,13 @@ Every family trains through these pieces:
 
     grads     accumulate_gradients(value_and_grad(loss), params, batch, key, microbatches)
     update    apply_gradients(tx, params, opt_state, grads, loss) -> (params, opt_state, finite)
+    player    update_player(tx, params, opt_state, loss, batch, key): both above, one player of several
     average   update_ema(ema, params, decay, step, warmup)
     guard     finish_step(old_state, new_state, finite, metrics): a non-finite step changes nothing
 
-`make_step` composes them for a family with one loss `loss(params, batch, key, step)`; the GAN composes
-the same pieces into its two-player step, with `params` and `opt_state` holding one entry per player
-and one optimizer per player from `make_optimizer`.
+`make_step` composes them for a family with one loss `loss(params, batch, key, step)`; the GAN (and
+vae_gan) compose the same pieces into a two-player step, with `params` and `opt_state` holding one entry
+per player and one optimizer per player from `make_optimizer`.
 """
 
 from __future__ import annotations
@@ -190,6 +191,18 @@ def apply_gradients(tx: optax.GradientTransformation, params, opt_state, grads, 
     # params made XLA:CPU compile the digits U-Net step in 137 s instead of 44 s.
     finite = jnp.isfinite(loss) & all_finite(grads) & jnp.isfinite(optax.tree.norm(updates))
     return new_params, new_opt_state, finite
+
+
+def update_player(tx: optax.GradientTransformation, params, opt_state, loss_fn: Callable, batch, key,
+                  microbatches: int = 1, prefix: str = ""):
+    """One player's update in a step of several (the GAN's, vae_gan's): `loss_fn(params, batch, key) ->
+    (loss, metrics)` differentiated over `microbatches`, then `apply_gradients` (unguarded: the step's
+    `finish_step` guards all players at once). Returns (params, opt_state, finite, metrics plus
+    '<prefix>grad_norm')."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, metrics), grads = accumulate_gradients(grad_fn, params, batch, key, microbatches)
+    new_params, new_opt_state, finite = apply_gradients(tx, params, opt_state, grads, loss)
+    return new_params, new_opt_state, finite, {**metrics, f"{prefix}grad_norm": optax.tree.norm(grads)}
 
 
 def update_ema(ema, params, decay: float, step, warmup: bool = False):

@@ -42,6 +42,9 @@ def _tiny(name, family):
         return dataclasses.replace(family.SIZES["digits"], widths=(16, 8), latent_dim=4, num_classes=3), images
     if name == "vae":
         return dataclasses.replace(family.SIZES["digits"], hidden=(16,), latent_dim=2, iwae_samples=2), images
+    if name == "vae_gan":  # 8x8x1 -> 4x4x1 latents, a two-width D
+        return dataclasses.replace(family.SIZES["digits"], channels=(8,), latent_channels=1, iwae_samples=2,
+                                   disc_widths=(8, 4)), images
     if name == "diffusion":
         return dataclasses.replace(family.SIZES["digits"], channels=8, num_groups=4, num_classes=3,
                                    channel_mults=(1,), attn_resolutions=(), timesteps=50), images
@@ -88,8 +91,9 @@ def test_names_and_configs(family):
 
 def test_bad_config_is_a_config_error(family):
     name, fam = family
-    field = {"transformer": "n_layer", "gan": "latent_dim", "vae": "latent_dim", "diffusion": "channels",
-             "latent_diffusion": "channels", "text_to_image": "channels", "example": "min_std"}[name]
+    field = {"transformer": "n_layer", "gan": "latent_dim", "vae": "latent_dim", "vae_gan": "d_lr_scale",
+             "diffusion": "channels", "latent_diffusion": "channels", "text_to_image": "channels",
+             "example": "min_std"}[name]
     with pytest.raises(ConfigError, match=f"model.{field}"):
         dataclasses.replace(fam.SIZES[next(iter(fam.SIZES))], **{field: 0}).validate()
 
@@ -115,7 +119,7 @@ def test_init_sample_evaluate_and_one_train_step(family):
     assert all(np.ndim(v) == 0 and np.isfinite(v) for v in sums.values())
 
     train_cfg = train.TrainConfig(lr=1e-2, ema_decay=0.9)
-    if name == "gan":
+    if name in ("gan", "vae_gan"):  # two players: the family's own step
         state = fam.init_state(jax.random.key(3), params, cfg, train_cfg)
         step = fam.make_step(cfg, train_cfg)
     else:

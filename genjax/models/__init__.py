@@ -18,7 +18,7 @@ import numpy as np
 
 from genjax.config import ConfigError
 
-FAMILIES = ("vae", "gan", "diffusion", "transformer", "latent_diffusion", "text_to_image")
+FAMILIES = ("vae", "gan", "vae_gan", "diffusion", "transformer", "latent_diffusion", "text_to_image")
 CONTRACT = ("Config", "SIZES", "init", "SampleOptions", "sample", "evaluate")
 
 

@@ -145,11 +145,14 @@ def init(key: jax.Array, cfg: Config) -> dict:
     k_g, k_d, k_u = jax.random.split(key, 3)
     labels = jnp.zeros((1,), jnp.int32) if cfg.num_classes else None
     g = init_params(generator(cfg), k_g, jnp.zeros((1, cfg.latent_dim), jnp.float32), labels)
-    d = init_params(discriminator(cfg), k_d, jnp.zeros((1, *data_shape(cfg)), jnp.float32), labels)
-    disc = {"params": d}
-    if cfg.spectral_norm:
-        disc["spectral"] = spectral.init(d, k_u)
-    return {"generator": g, "discriminator": disc}
+    return {"generator": g, "discriminator": init_discriminator(k_d, k_u, cfg)}
+
+
+def init_discriminator(key: jax.Array, spectral_key: jax.Array, cfg: Config) -> dict:
+    """D alone: {'params': D params[, 'spectral': u vectors drawn from `spectral_key`]} (vae_gan's)."""
+    labels = jnp.zeros((1,), jnp.int32) if cfg.num_classes else None
+    d = init_params(discriminator(cfg), key, jnp.zeros((1, *data_shape(cfg)), jnp.float32), labels)
+    return {"params": d, **({"spectral": spectral.init(d, spectral_key)} if cfg.spectral_norm else {})}
 
 
 def optimizers(cfg: Config, train_cfg: train.TrainConfig) -> dict[str, optax.GradientTransformation]:
@@ -243,11 +246,17 @@ def d_loss(d_params, batch, key, *, params, spectral_u, d_iter, cfg: Config):
     fake = jax.lax.stop_gradient(generator_output(params["generator"], z, labels, cfg))
     # The power iteration already ran (u is refreshed once per D update, outside the microbatches).
     weights, _ = d_weights({"params": d_params, "spectral": spectral_u}, cfg)
+    return d_objective(weights, real, fake, labels, k_gp, d_iter, cfg)
+
+
+def d_objective(weights, real, fake, labels, key, d_iter, cfg: Config):
+    """(loss, metrics) of D (`weights` from `d_weights`) on model-space real and fake batches: the loss's
+    terms plus the gradient penalty (wgan_gp, drawn from `key`) and R1 (on D update `d_iter`) it asks for."""
     real_logits, fake_logits = d_apply(weights, real, labels, cfg), d_apply(weights, fake, labels, cfg)
     loss = d_loss_terms(real_logits, fake_logits, cfg)
     metrics = {"d_real": jnp.mean(real_logits), "d_fake": jnp.mean(fake_logits)}
     if cfg.loss == "wgan_gp":
-        metrics["gp"] = gradient_penalty(weights, real, fake, labels, k_gp, cfg)
+        metrics["gp"] = gradient_penalty(weights, real, fake, labels, key, cfg)
         loss = loss + cfg.gp_weight * metrics["gp"]
     if cfg.r1_weight > 0:
         if cfg.r1_every == 1:  # no lax.cond: on XLA:CPU conv gradients inside one run ~5x slower
@@ -271,17 +280,21 @@ def g_loss(g_params, batch, key, *, d_weights_fixed, cfg: Config):
 # ----------------------------------------------------------------------------- the two-player step
 
 
+def discriminator_update(tx, disc: dict, opt_state, loss_fn, batch, key, microbatches: int, cfg: Config):
+    """One D update (`train.update_player`): the power iteration refreshes the spectral vectors u once,
+    outside the microbatches, then `loss_fn(d_params, batch, key, u)` is minimized. Returns (the new
+    {'params'[, 'spectral']} dict, opt_state, finite, metrics with 'd_grad_norm')."""
+    _, u = d_weights(disc, cfg, update=True)
+    d_params, d_opt, finite, metrics = train.update_player(
+        tx, disc["params"], opt_state, lambda p, b, k: loss_fn(p, b, k, u), batch, key, microbatches, "d_")
+    return {"params": d_params, **({"spectral": u} if cfg.spectral_norm else {})}, d_opt, finite, metrics
+
+
 def make_step(cfg: Config, train_cfg: train.TrainConfig):
     """The pure, jit-able two-player step `step(state, batch) -> (state, metrics)`."""
     cfg.validate()
     txs = optimizers(cfg, train_cfg)
     accum = train_cfg.grad_accum
-
-    def update(name, params, opt_state, loss_fn, batch, key):
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, metrics), grads = train.accumulate_gradients(grad_fn, params, batch, key, accum)
-        new, opt, finite = train.apply_gradients(txs[name], params, opt_state, grads, loss)
-        return new, opt, finite, {**metrics, f"{name[0]}_grad_norm": optax.tree.norm(grads)}
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict]:
         k_d, k_g = jax.random.split(train.step_key(state))
@@ -295,14 +308,12 @@ def make_step(cfg: Config, train_cfg: train.TrainConfig):
         # A Python loop, not lax.scan: on XLA:CPU a conv's weight gradient inside a loop body runs ~80x
         # slower than outside one (measured with jax 0.10.2). n_disc is small, so unrolling costs little.
         for i, k in enumerate(jax.random.split(k_d, cfg.n_disc)):
-            disc = params["discriminator"]
-            _, u = d_weights(disc, cfg, update=True)
             chunk = {"real": real[i * m:(i + 1) * m], "label": None if labels is None else labels[i * m:(i + 1) * m]}
-            loss_fn = lambda p, b, key, u=u, i=i: d_loss(  # noqa: E731
+            loss_fn = lambda p, b, key, u, i=i: d_loss(  # noqa: E731
                 p, b, key, params=params, spectral_u=u, d_iter=state.step * cfg.n_disc + i, cfg=cfg)
-            d_params, d_opt, ok, row = update("discriminator", disc["params"], opt_state["discriminator"],
-                                              loss_fn, chunk, k)
-            new_disc = {"params": d_params, **({"spectral": u} if cfg.spectral_norm else {})}
+            new_disc, d_opt, ok, row = discriminator_update(
+                txs["discriminator"], params["discriminator"], opt_state["discriminator"], loss_fn, chunk, k,
+                accum, cfg)
             params = {**params, "discriminator": new_disc}
             opt_state = {**opt_state, "discriminator": d_opt}
             finite, rows = finite & ok, rows + [row]
@@ -311,8 +322,8 @@ def make_step(cfg: Config, train_cfg: train.TrainConfig):
         g_batch = {"z": jax.random.normal(jax.random.fold_in(k_g, 0), (m, cfg.latent_dim), jnp.float32),
                    "label": None if labels is None else labels[:m]}
         g_fn = lambda p, b, key: g_loss(p, b, key, d_weights_fixed=d_fixed, cfg=cfg)  # noqa: E731
-        g_params, g_opt, ok, g_metrics = update("generator", params["generator"], opt_state["generator"], g_fn,
-                                                g_batch, k_g)
+        g_params, g_opt, ok, g_metrics = train.update_player(txs["generator"], params["generator"],
+                                                             opt_state["generator"], g_fn, g_batch, k_g, accum, "g_")
         params = {**params, "generator": g_params}
         opt_state = {**opt_state, "generator": g_opt}
         ema = train.update_ema(state.ema_params, params, train_cfg.ema_decay, state.step, train_cfg.ema_warmup)

@@ -259,22 +259,34 @@ def targets(x, key, cfg):
 
 def elbo(params, x, key, cfg):
     """Per-example ELBO terms (log p(x|z) at one reparameterized z, KL) for already-binarized x."""
+    recon, kl, _ = _elbo_and_output(params, x, key, cfg)
+    return recon, kl
+
+
+def _elbo_and_output(params, x, key, cfg):
     mean, logvar = encode_flat(params, x, cfg)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
-    recon = log_likelihood(params, x, decode(params, z, cfg), cfg)
-    return recon, kl_term(params, z, mean, logvar, cfg)
+    out = decode(params, z, cfg)
+    return log_likelihood(params, x, out, cfg), kl_term(params, z, mean, logvar, cfg), out
 
 
 def loss(params, batch, key, cfg: Config, step=None):
     """Negative ELBO (nats per example), with the KL weighted by beta and ramped over kl_warmup_steps."""
+    objective, metrics, _ = loss_and_output(params, batch, key, cfg, step)
+    return objective, metrics
+
+
+def loss_and_output(params, batch, key, cfg: Config, step=None):
+    """`loss` and the decoder output (logits or means) at the posterior sample it drew: vae_gan shows
+    its mean image (`mean_image`) to a discriminator."""
     data_key, z_key = jax.random.split(key)
     x = targets(batch["image"], data_key, cfg)
-    recon, kl = elbo(params, x, z_key, cfg)
+    recon, kl, out = _elbo_and_output(params, x, z_key, cfg)
     weight = cfg.beta
     if cfg.kl_warmup_steps and step is not None:
         weight = cfg.beta * jnp.minimum(1.0, step / cfg.kl_warmup_steps)
     objective = -jnp.mean(recon - weight * kl)
-    return objective, {"elbo": jnp.mean(recon - kl), "recon": jnp.mean(recon), "kl": jnp.mean(kl)}
+    return objective, {"elbo": jnp.mean(recon - kl), "recon": jnp.mean(recon), "kl": jnp.mean(kl)}, out
 
 
 def iwae_bound(params, x, key, cfg, k: int = 64):
