@@ -18,7 +18,9 @@ Sample i depends on the seed and --batch_size only.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -128,9 +130,15 @@ def _kind(family, cfg, params) -> str:
     return "images" if len(shape.shape) == 4 else "points"
 
 
-def _wait(x) -> Any:
-    """Blocks until `x` is computed, polling, so that Ctrl-C (KeyboardInterrupt) lands at once."""
+class _Interrupted(Exception):
+    pass
+
+
+def _wait(x, stop: threading.Event) -> Any:
+    """Blocks until `x` is computed, polling, so that a Ctrl-C (which sets `stop`) lands at once."""
     while not x.is_ready():
+        if stop.is_set():
+            raise _Interrupted
         time.sleep(0.02)
     return np.asarray(x)
 
@@ -209,17 +217,33 @@ def _draw(family, cfg, params, step, options, num, args, out, kind, tok) -> int:
     done: list[np.ndarray] = []
     sizes = [min(args.batch_size, num - lo) for lo in range(0, num, args.batch_size)]
     bar = tqdm(total=num, unit="sample", file=sys.stderr, disable=len(sizes) == 1 and not sys.stderr.isatty())
-    try:  # from the first line on: a Ctrl-C anywhere exits 130 without a traceback
+    # Ctrl-C only sets a flag, polled between batches and while one computes: a KeyboardInterrupt raised
+    # inside tqdm's update (which holds its write lock) would deadlock the bar.close() of the handler.
+    stop = threading.Event()
+
+    def on_ctrl_c(*_):  # a second Ctrl-C (say, during a long first compile) exits without saving
+        if stop.is_set():
+            os._exit(EXIT_INTERRUPTED)
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
         print(f"genjax: compiling the sampler ({family.__name__.split('.')[-1]}, step {step})...", file=sys.stderr)
         for i, size in enumerate(sizes):
-            done.append(_wait(family.sample(params, jax.random.fold_in(key, i), size, cfg, options)))
+            if stop.is_set():
+                raise _Interrupted
+            done.append(_wait(family.sample(params, jax.random.fold_in(key, i), size, cfg, options), stop))
             bar.update(size)
-    except KeyboardInterrupt:
+        if stop.is_set():  # pressed during the last batch's bookkeeping: still an interrupted run
+            raise _Interrupted
+    except (_Interrupted, KeyboardInterrupt):
         bar.close()
         kept = f"; the {sum(len(d) for d in done)} finished samples went to " + \
             _write(out, np.concatenate(done), kind, tok, getattr(args, "prompt", "")) if done and out else ""
         print(f"genjax: interrupted{kept}", file=sys.stderr, flush=True)
         os._exit(EXIT_INTERRUPTED)  # the compiled call still running would hold the interpreter's exit
+    finally:
+        signal.signal(signal.SIGINT, previous)
     bar.close()
     samples = np.concatenate(done)
     where = _write(out, samples, kind, tok, getattr(args, "prompt", ""))
