@@ -6,10 +6,11 @@ a KL-regularized autoencoder with a spatial latent, then the diffusion U-Net on 
     python experiments/latent_diffusion.py --workdir runs/latent_digits --autoencoder runs/vae_latent
     python -m genjax.sample runs/latent_digits --num 64 --out grid.png --sampler ddim --steps 50
 
-Stage 2 restores the stage-1 run's weights (its EMA where it kept one; `genjax.sample.load_run`), encodes
-the training images once (`latents`: the posterior mean, or one posterior sample per image), sets
-model.latent_scale to 1 / std of those latents (SD's scale factor; recorded in config.json and the
-summary) and trains the diffusion family's U-Net on the scaled latents with the shared loop (checkpoints,
+Stage 1 may also train the autoencoder against a discriminator (experiments/vae_gan_digits.py, the VQGAN /
+SD recipe). Stage 2 restores the stage-1 run's autoencoder (its EMA where it kept one;
+`genjax.sample.load_run`), encodes the training images once (`latents`: the posterior mean, or one
+posterior sample per image), sets model.latent_scale to 1 / std of those latents (SD's scale factor;
+recorded in config.json and the summary) and trains the diffusion family's U-Net on the scaled latents with the shared loop (checkpoints,
 exact resume). The autoencoder's params ride along in the train state unchanged, so the checkpoints hold
 the whole model ({'autoencoder': ..., 'diffusion': ...}) and `python -m genjax.sample` samples it: the
 diffusion sampler in latent space, then the decoder. Resuming checks that --autoencoder still holds the
@@ -37,7 +38,7 @@ import numpy as np
 from genjax import config as config_lib
 from genjax import data, experiment, log, loop, metrics, train
 from genjax.config import ConfigError
-from genjax.models import latent_diffusion as ld
+from genjax.models import latent_diffusion as ld, vae_gan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Config:
         "model.ae_dtype", "model.latent_scale", "autoencoder_sha256")
     RESUMABLE: ClassVar[tuple[str, ...]] = ("autoencoder", "sample", "eval_batch_size", "num_quality_samples")
 
-    autoencoder: str = ""  # workdir of the stage-1 run (experiments/vae_digits.py with a spatial latent)
+    autoencoder: str = ""  # workdir of the stage-1 run (vae_digits.py / vae_gan_digits.py, a spatial latent)
     autoencoder_sha256: str = ""  # set from --autoencoder: its architecture and weights
     latents: Literal["mean", "sample"] = "mean"  # each training image encoded once: posterior mean, or a draw
     data: str = "digits"  # 'digits', 'tfds:NAME', an image folder, .npz/.npy, or MNIST idx files
@@ -65,23 +66,27 @@ class Config:
 
 
 def load_autoencoder(path: str):
-    """(vae.Config, params) of a stage-1 run; a ConfigError (one line) for anything that is not a trained
-    spatial-latent VAE run."""
+    """(vae.Config, params) of a stage-1 run, a VAE's or a vae_gan's (its autoencoder); a ConfigError (one
+    line) for anything that is not a trained spatial-latent autoencoder run."""
     from genjax import sample as sample_lib
 
     if not path:
-        raise ConfigError("--autoencoder is required: the workdir of a spatial-latent VAE run (stage 1, "
-                          "experiments/vae_digits.py --config experiments/configs/vae_digits_latent.json)")
+        raise ConfigError("--autoencoder is required: the workdir of a spatial-latent VAE or VAE-GAN run "
+                          "(stage 1, experiments/vae_digits.py --config experiments/configs/"
+                          "vae_digits_latent.json, or experiments/vae_gan_digits.py)")
     if not os.path.exists(os.path.join(path, "config.json")):
         raise ConfigError(f"--autoencoder {path} is not a genjax run (no config.json)")
     record = config_lib.load(path)
-    if record.get("family") != "vae":
-        raise ConfigError(f"--autoencoder {path} holds a {record.get('family')!r} run, not a VAE; train "
-                          "one (experiments/configs/vae_digits_latent.json)")
+    if record.get("family") not in ("vae", "vae_gan"):
+        raise ConfigError(f"--autoencoder {path} holds a {record.get('family')!r} run, not a VAE or "
+                          "VAE-GAN; train one (experiments/configs/vae_digits_latent.json or "
+                          "vae_gan_digits_latent.json)")
     _, ae_cfg, params, _ = sample_lib.load_run(path)
+    if record["family"] == "vae_gan":  # the autoencoder; its discriminator served training only
+        ae_cfg, params = vae_gan.vae_config(ae_cfg), params["autoencoder"]
     if not ae_cfg.spatial:
-        raise ConfigError(f"--autoencoder {path} is a VAE with a flat latent (model.arch={ae_cfg.arch}, "
-                          "model.latent_channels=0); latent diffusion needs a spatial one (model.arch=conv, "
+        raise ConfigError(f"--autoencoder {path} is an autoencoder with a flat latent (model.arch="
+                          f"{ae_cfg.arch}, model.latent_channels=0); latent diffusion needs a spatial one (model.arch=conv, "
                           "model.latent_channels > 0: experiments/configs/vae_digits_latent.json)")
     return ae_cfg, params
 

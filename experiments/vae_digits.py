@@ -8,7 +8,8 @@
 Trains the ELBO with a KL warm-up, evaluates the held-out ELBO and the IWAE NLL (model.iwae_samples
 importance samples) on a fixed binarization, and scores prior samples of the EMA weights (where the run
 keeps them) in the shipped digits classifier's features (Frechet distance, KID, precision, recall) next
-to a 10-component Gaussian mixture and held-out real digits. Writes samples/*.png (samples,
+to a 10-component Gaussian mixture and held-out real digits, and the reconstructions of as many training
+images alike (recon_*, with their MSE and the held-out images' test_recon_mse). Writes samples/*.png (samples,
 reconstructions, interpolations), metrics.jsonl, tb/, checkpoints/, summary.json into the workdir.
 Measured results: README.md.
 """
@@ -44,23 +45,32 @@ class Config:
     model: vae.Config = dataclasses.replace(vae.SIZES["digits"], kl_warmup_steps=500)
 
 
-def train_and_evaluate(config: Config, workdir: str) -> dict:
+def vae_state_and_step(config: Config, keys: dict):
+    """A fresh state and the step of `vae.loss` (train.step_for)."""
+    tx = train.make_optimizer(config.train)
+    params = vae.init(keys["init"], config.model)
+    state = train.init_state(keys["state"], params, tx, ema=config.train.ema_decay > 0)
+    return state, train.step_for(functools.partial(vae.loss, cfg=config.model), config.train, tx)
+
+
+def train_and_evaluate(config: Config, workdir: str, *, name: str = "vae_digits", family=vae,
+                       state_and_step=vae_state_and_step) -> dict:
+    """The run; `family` (vae, or vae_gan with its own `state_and_step`: experiments/vae_gan_digits.py)
+    gives evaluate, sample, reconstruct and interpolate."""
     timer = experiment.Timer()
     config, train_src, test_src = experiment.image_data(config)
-    run = experiment.setup(config, workdir, experiment="vae_digits", family="vae", examples=train_src.size,
-                           keys=("init", "state", "eval", "sample"))
+    run = experiment.setup(config, workdir, experiment=name, family=family.__name__.split(".")[-1],
+                           examples=train_src.size, keys=("init", "state", "eval", "sample"))
     model_cfg, keys = config.model, run.keys
 
     # ---- state and step
-    tx = train.make_optimizer(config.train)
-    state = train.init_state(keys["state"], vae.init(keys["init"], model_cfg), tx, ema=config.train.ema_decay > 0)
-    step = train.step_for(functools.partial(vae.loss, cfg=model_cfg), config.train, tx)
+    state, step = state_and_step(config, keys)
 
     # ---- evaluation and samples (the EMA weights where the run keeps them)
     test = test_src.all()
-    evaluate = jax.jit(functools.partial(vae.evaluate, cfg=model_cfg))
-    reconstruct = jax.jit(functools.partial(vae.reconstruct, cfg=model_cfg))
-    interpolate = jax.jit(functools.partial(vae.interpolate, cfg=model_cfg), static_argnums=3)
+    evaluate = jax.jit(functools.partial(family.evaluate, cfg=model_cfg))
+    reconstruct = jax.jit(functools.partial(family.reconstruct, cfg=model_cfg))
+    interpolate = jax.jit(functools.partial(family.interpolate, cfg=model_cfg), static_argnums=3)
 
     @experiment.per_step
     def eval_hook(state):
@@ -70,7 +80,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     def images(state):
         params, x = state.eval_params, test["image"]
         pairs = [interpolate(params, x[i], x[i + 1], 10) for i in range(0, 8, 2)]
-        return {"samples": vae.sample(params, keys["sample"], 64, model_cfg),
+        return {"samples": family.sample(params, keys["sample"], 64, model_cfg),
                 "reconstructions": np.concatenate([x[:32], reconstruct(params, x[:32])]),
                 "interpolation": np.concatenate(pairs)}
 
@@ -81,17 +91,26 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     state = loop.run(state=state, step_fn=step, batches_from=experiment.batches_from(train_src, config.train),
                      mesh=run.mesh, cfg=config.train, workdir=workdir, hooks=hooks)
 
-    # ---- final evaluation: likelihood, and sample quality against a Gaussian mixture and real digits
-    log.note("final evaluation: likelihood and sample quality")
+    # ---- final evaluation: likelihood, sample quality against a Gaussian mixture and real digits, and the
+    # reconstructions of training images scored alike (latent diffusion's ceiling: its recon_* scores)
+    log.note("final evaluation: likelihood, sample and reconstruction quality")
     final = eval_hook(state)
     real = train_src.all()
     net = metrics.feature_net(config.data, real, test, train_src.num_classes)
-    fake = np.asarray(vae.sample(state.eval_params, jax.random.fold_in(keys["sample"], 1),
-                                 config.num_quality_samples, model_cfg))
+    fake = np.asarray(family.sample(state.eval_params, jax.random.fold_in(keys["sample"], 1),
+                                    config.num_quality_samples, model_cfg))
+    shown = real["image"][:config.num_quality_samples]
+    recon = np.asarray(reconstruct(state.eval_params, shown))
+    recon_scores = metrics.sample_quality(net, real["image"], recon)
+    test_recon = np.concatenate([reconstruct(state.eval_params, batch["image"]) for batch in
+                                 experiment.chunks({"image": test["image"]}, config.eval_batch_size)])
     summary = {
         **{f"test_{k}": v for k, v in final.items()},
         "test_bits_per_dim": metrics.bits_per_dim(final["nll_iwae"], int(np.prod(model_cfg.image_shape))),
         **metrics.sample_quality(net, real["image"], fake),
+        **{f"recon_{k}": recon_scores[k] for k in ("frechet", "kid", "precision", "recall")},
+        "recon_mse": float(np.mean((recon - shown) ** 2)),
+        "test_recon_mse": float(np.mean((test_recon - test["image"]) ** 2)),
         **metrics.reference_scores(net, real["image"], test["image"], config.num_quality_samples),
         "classifier_accuracy": net.test_accuracy,
     }
