@@ -3,7 +3,7 @@ the `vae` and `gan` families' public functions: the autoencoder's loss is `vae.l
 `gan.g_loss_term` of the GAN family's discriminator on its reconstructions, and D learns real images
 against those reconstructions with `gan.d_objective`.
 
-    params = vae_gan.init(key, cfg)      # {'autoencoder': vae params, 'discriminator': {'params'[, 'spectral']}}
+    params = vae_gan.init(key, cfg)     # {'autoencoder': vae params, 'discriminator': {'params', ...}}
     state = vae_gan.init_state(key, params, cfg, train_cfg)
     step = vae_gan.make_step(cfg, train_cfg)                     # two players, genjax.train's pieces
     images = vae_gan.sample(params, key, num, cfg)               # the VAE's (params['autoencoder'])
@@ -41,7 +41,7 @@ from genjax.train import TrainState
 @dataclasses.dataclass(frozen=True)
 class Config(vae.Config):
     adv_weight: float = 0.5  # lambda: the adversarial term's weight (the adaptive weight's scale)
-    adv_adaptive: bool = True  # VQGAN's adaptive weight: lambda * ||grad L_vae|| / ||grad L_adv|| at the last layer
+    adv_adaptive: bool = True  # VQGAN's: lambda * ||grad L_vae|| / ||grad L_adv|| at the last layer
     adv_start: int = 0  # steps of plain VAE training before D and the adversarial term switch on
     adv_loss: Literal["hinge", "nonsat"] = "hinge"
     disc_widths: tuple[int, ...] = (64, 32)  # the GAN family's dcgan D (low resolution -> high)
@@ -54,7 +54,8 @@ class Config(vae.Config):
             raise ConfigError(f"model.adv_weight={self.adv_weight} must be >= 0 (0: the plain VAE)")
         check_at_least(self, "model", ("adv_start",), 0, hint=" (0: adversarial from the first step)")
         if not self.disc_widths or any(w < 1 for w in self.disc_widths):
-            raise ConfigError(f"model.disc_widths={self.disc_widths} must be a non-empty list of positive ints")
+            raise ConfigError(f"model.disc_widths={self.disc_widths} must be a non-empty list of positive "
+                              "ints")
         if not self.d_lr_scale > 0:
             raise ConfigError(f"model.d_lr_scale={self.d_lr_scale} must be > 0")
         scale = 2 ** (len(self.disc_widths) - 1)
@@ -98,7 +99,8 @@ def init(key: jax.Array, cfg: Config) -> dict:
     """{'autoencoder': vae params, 'discriminator': {'params': D params[, 'spectral': u vectors]}}."""
     cfg.validate()
     k_ae, k_d, k_u = jax.random.split(key, 3)
-    return {"autoencoder": vae.init(k_ae, cfg), "discriminator": gan.init_discriminator(k_d, k_u, gan_config(cfg))}
+    return {"autoencoder": vae.init(k_ae, cfg),
+            "discriminator": gan.init_discriminator(k_d, k_u, gan_config(cfg))}
 
 
 def optimizers(cfg: Config, train_cfg: train.TrainConfig) -> dict[str, optax.GradientTransformation]:
@@ -137,7 +139,8 @@ def _model_space(images):
 
 
 def adaptive_weight(vae_grad, adv_grad, scale):
-    """VQGAN's adaptive weight: scale * ||vae_grad|| / (||adv_grad|| + 1e-4), clipped to [0, 1e4], constant."""
+    """VQGAN's adaptive weight: scale * ||vae_grad|| / (||adv_grad|| + 1e-4), clipped to [0, 1e4], a
+    constant (no gradient)."""
     ratio = optax.tree.norm(vae_grad) / (optax.tree.norm(adv_grad) + 1e-4)
     return jax.lax.stop_gradient(scale * jnp.clip(ratio, 0.0, 1e4))
 
@@ -197,11 +200,13 @@ def make_step(cfg: Config, train_cfg: train.TrainConfig):
                                            (params["discriminator"], opt_state["discriminator"]))
         # the autoencoder against the updated D
         d_fixed = jax.lax.stop_gradient(gan.d_weights(disc, gcfg)[0])
-        ae_fn = functools.partial(autoencoder_loss, d_weights=d_fixed, active=active, step=state.step, cfg=cfg)
+        ae_fn = functools.partial(autoencoder_loss, d_weights=d_fixed, active=active, step=state.step,
+                                  cfg=cfg)
         ae, ae_opt, ae_ok, ae_metrics = train.update_player(
             txs["autoencoder"], params["autoencoder"], opt_state["autoencoder"], ae_fn, batch, key, accum)
         params = {"autoencoder": ae, "discriminator": disc}
-        ema = train.update_ema(state.ema_params, params, train_cfg.ema_decay, state.step, train_cfg.ema_warmup)
+        ema = train.update_ema(state.ema_params, params, train_cfg.ema_decay, state.step,
+                               train_cfg.ema_warmup)
         new = state.replace(params=params, opt_state={"autoencoder": ae_opt, "discriminator": d_opt},
                             ema_params=ema)
         metrics = {**d_metrics, **ae_metrics, "loss": ae_metrics["ae_loss"]}
