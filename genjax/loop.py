@@ -190,6 +190,11 @@ def run(
     if mesh.shape.get("model", 1) > 1 and not model_rules and jax.process_index() == 0:
         print(f"genjax: warning: train.model_parallel={mesh.shape['model']} but this model names no "
               "tensor-parallel dimensions (model_rules): its devices only hold copies", file=sys.stderr)
+    left = cfg.ema_decay ** cfg.steps if cfg.ema_decay and not cfg.ema_warmup else 0.0
+    if left > 0.05 and jax.process_index() == 0:  # a short run's EMA is still mostly its random init
+        print(f"genjax: warning: train.ema_decay={cfg.ema_decay} over train.steps={cfg.steps} leaves {left:.0%} "
+              "of the initial (random) weights in the EMA that evaluation and samples use; pass "
+              "--train.ema_warmup true or a smaller decay", file=sys.stderr)
     # The signal handlers go in first: a SIGTERM during the restore or the compilation still ends in a
     # checkpoint and a clean, agreed stop instead of the default handler killing one host.
     with _StopFlag() as stop:

@@ -107,10 +107,10 @@ def _quadratic(params, batch, key, step=None):
 
 
 def _loop(tmp_path, scale=lambda step: 1.0, *, on_nonfinite="stop", steps=8, ckpt_every=2, keep=3,
-          step_fn=None, progress=False, lr=0.1):
+          step_fn=None, progress=False, lr=0.1, **train_kw):
     """Runs the loop on a quadratic whose update `s` sees inputs `scale(s)` (NaN there makes a NaN step)."""
     cfg = train.TrainConfig(steps=steps, batch_size=8, log_every=1, ckpt_every=ckpt_every, num_devices=1,
-                            keep_checkpoints=keep, on_nonfinite=on_nonfinite)
+                            keep_checkpoints=keep, on_nonfinite=on_nonfinite, **train_kw)
     tx = optax.sgd(lr)
     state = train.init_state(jax.random.key(0), {"w": jnp.ones(3)}, tx)
 
@@ -173,6 +173,14 @@ def test_nan_skip_mode_goes_on_and_leaves_params_finite(tmp_path, capsys):
     state = _loop(tmp_path, _nan_at(5), on_nonfinite="skip")
     assert int(state.step) == 8 and np.isfinite(np.asarray(state.params["w"])).all()
     assert "(skipped)" in capsys.readouterr().err
+
+
+def test_an_ema_too_slow_for_the_run_is_a_warning(tmp_path, capsys):
+    _loop(tmp_path / "slow", ema_decay=0.999)
+    assert "leaves 99% of the initial (random) weights in the EMA" in capsys.readouterr().err
+    for name, kw in (("warmup", dict(ema_decay=0.999, ema_warmup=True)), ("fast", dict(ema_decay=0.5))):
+        _loop(tmp_path / name, **kw)
+        assert "EMA" not in capsys.readouterr().err, name
 
 
 def test_progress_to_a_file_is_plain_lines(tmp_path, capfd):
