@@ -2,7 +2,7 @@
 
     Config, SIZES          typed hyperparameters (`validate()`), named configurations
     init(key, cfg)         -> params (plain dict pytree)
-    loss(params, batch, key, cfg, step) -> (loss, metrics)        (the GAN: make_step(cfg, train_cfg))
+    loss(params, batch, key, cfg, step) -> (loss, metrics)        (gan, vae_gan: make_step(cfg, train_cfg))
     SampleOptions          typed sampling options (`validate(cfg)`), the sample CLI's flags
     sample(params, key, num, cfg, options) -> samples
     evaluate(params, batch, key, cfg) -> per-batch sums, with 'count'
