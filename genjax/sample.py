@@ -236,7 +236,7 @@ def _draw(family, cfg, params, step, options, num, args, out, kind, tok) -> int:
             bar.update(size)
         if stop.is_set():  # pressed during the last batch's bookkeeping: still an interrupted run
             raise _Interrupted
-    except (_Interrupted, KeyboardInterrupt):
+    except _Interrupted:  # the handler turns Ctrl-C into the flag: no KeyboardInterrupt inside this block
         bar.close()
         kept = f"; the {sum(len(d) for d in done)} finished samples went to " + \
             _write(out, np.concatenate(done), kind, tok, getattr(args, "prompt", "")) if done and out else ""
